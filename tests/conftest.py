@@ -1,0 +1,70 @@
+"""Shared fixtures: the simulator on loopback, settings pointed at it, an observable retry sleep."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from worker.config import CloudlayerSettings, HttpSettings, PollSettings, Settings
+from worker.simulator.app import Simulator, start_simulator
+
+
+class RecordingSleep:
+    """A retry sleep that records every delay asked for and waits only a token amount.
+
+    The delays themselves are the behaviour under test (Retry-After honoured, backoff growing);
+    actually waiting them would only make the suite slow.
+    """
+
+    def __init__(self, cap_s: float = 0.005) -> None:
+        self.delays: list[float] = []
+        self._cap_s = cap_s
+
+    async def __call__(self, seconds: float) -> None:
+        self.delays.append(seconds)
+        await asyncio.sleep(min(seconds, self._cap_s))
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[Simulator]:
+    async with start_simulator() as simulator:
+        yield simulator
+
+
+@pytest.fixture
+def retry_sleep() -> RecordingSleep:
+    return RecordingSleep()
+
+
+SettingsFactory = Callable[..., Settings]
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path, sim: Simulator) -> SettingsFactory:
+    """Settings for a worker against ``sim`` with a store and destination under ``tmp_path``.
+
+    Polling and retries are fast because the simulator is local; keyword arguments replace
+    top-level fields, ``poll=``/``http=`` whole sections.
+    """
+
+    def make(**changes: object) -> Settings:
+        base = Settings(
+            store_url=f"sqlite:///{tmp_path / 'store.db'}",
+            dest_url=str(tmp_path / "assets"),
+            claim_interval_s=0.05,
+            lease_s=5.0,
+            grace_s=5.0,
+            worker_id="test-worker",
+            poll=PollSettings(initial_s=0.05, max_s=0.2, multiplier=1.5, deadline_s=30.0),
+            http=HttpSettings(
+                request_attempts=4, backoff_initial_s=0.05, backoff_max_s=0.2, read_timeout_s=5.0
+            ),
+            cloudlayer=CloudlayerSettings(api_key=sim.api_key, base_url=sim.url, api_version="v2"),
+        )
+        return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+
+    return make

@@ -1,0 +1,202 @@
+"""Streaming one asset into the file sink: verification, resume, and nothing partial left behind."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from worker.config import HttpSettings
+from worker.errors import IncompleteTransfer, IntegrityError, SourceExpired, StorageRejected
+from worker.httpclient import new_session
+from worker.models import AssetRef
+from worker.simulator.app import Simulator
+from worker.simulator.content import content_bytes, content_sha256
+from worker.sinks.file import FileSink
+from worker.transfer import StoredCopy, TransferOptions, fetch_to_sink
+
+OPTIONS = TransferOptions(chunk_bytes=64 * 1024, max_resumes=3)
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with new_session(HttpSettings(read_timeout_s=5.0), read_bufsize=1 << 16) as client:
+        yield client
+
+
+def leftovers(root: Path) -> list[Path]:
+    """Every file under the destination (temp files included)."""
+    return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+
+async def fetch(session: aiohttp.ClientSession, url: str, root: Path, **ref_fields: object) -> StoredCopy:
+    ref = AssetRef(asset_id="a1", url=url, **ref_fields)  # type: ignore[arg-type]
+    return await fetch_to_sink(
+        session, ref, FileSink(root), key_for=lambda _ct: "p/j/a1.bin", options=OPTIONS
+    )
+
+
+async def test_streams_and_verifies(sim: Simulator, session: aiohttp.ClientSession, tmp_path: Path) -> None:
+    """A 3 MiB asset lands whole, with the right sha256, no temp file, and no API key sent."""
+    job = sim.add_cloudlayer_job(size=3 * 1024 * 1024 + 7, pending_s=0)
+    copy = await fetch(session, sim.file_url(job), tmp_path, expected_size=job.size)
+    final = tmp_path / "p/j/a1.bin"
+    assert copy.sha256 == content_sha256(job.seed, job.size) == hashlib.sha256(final.read_bytes()).hexdigest()
+    assert copy.size == job.size and copy.upstream_verified and copy.resumes == 0
+    assert copy.uri == final.as_uri()
+    assert leftovers(tmp_path) == [final]
+    assert [r.had_api_key for r in sim.requests("files")] == [False]
+
+
+async def test_truncated_body_is_resumed_with_range(
+    sim: Simulator, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """A body that breaks off is resumed from where it stopped, and the result still verifies."""
+    job = sim.add_cloudlayer_job(size=2_000_000, pending_s=0)
+    sim.add_fault(route="files", kind="truncate", count=1)
+    copy = await fetch(session, sim.file_url(job), tmp_path)
+    assert copy.resumes == 1
+    assert copy.sha256 == content_sha256(job.seed, job.size)
+    ranges = [r.range for r in sim.requests("files")]
+    assert ranges[0] is None and ranges[1] is not None and ranges[1].startswith("bytes=")
+    assert leftovers(tmp_path) == [tmp_path / "p/j/a1.bin"]
+
+
+async def test_wrong_bytes_never_published(
+    sim: Simulator, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """Bytes that do not match the published sha256 are refused and leave nothing behind."""
+    job = sim.add_cloudlayer_job(size=500_000, pending_s=0)
+    sim.add_fault(route="files", kind="wrong_bytes", count=1)
+    with pytest.raises(IntegrityError) as caught:
+        await fetch(session, sim.file_url(job), tmp_path, expected_sha256=content_sha256(job.seed, job.size))
+    assert caught.value.code == "checksum_mismatch"
+    assert leftovers(tmp_path) == []
+
+
+async def test_short_body_fails_size_check(
+    sim: Simulator, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """A consistent but short file is caught by the vendor's published size."""
+    job = sim.add_cloudlayer_job(size=300_000, pending_s=0)
+    sim.add_fault(route="files", kind="short_body", count=1)
+    with pytest.raises(IntegrityError) as caught:
+        await fetch(session, sim.file_url(job), tmp_path, expected_size=job.size)
+    assert caught.value.code == "size_mismatch"
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("style", ["403", "410"])
+async def test_expired_url(
+    sim: Simulator, session: aiohttp.ClientSession, tmp_path: Path, style: str
+) -> None:
+    """403 (S3's expired signature) and 410 are reported as an expired source."""
+    job = sim.add_cloudlayer_job(size=1000, pending_s=0)
+    sim.add_fault(route="files", kind="expired", style=style, count=1)
+    with pytest.raises(SourceExpired):
+        await fetch(session, sim.file_url(job), tmp_path)
+    assert leftovers(tmp_path) == []
+
+
+async def test_cancellation_removes_temp_file(
+    sim: Simulator, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """Cancelling mid-transfer removes the temp file; nothing appears at the final path."""
+    job = sim.add_cloudlayer_job(size=512 * 1024 * 1024, pending_s=0)
+    progressed = asyncio.Event()
+    ref = AssetRef(asset_id="a1", url=sim.file_url(job))
+    task = asyncio.create_task(
+        fetch_to_sink(
+            session,
+            ref,
+            FileSink(tmp_path),
+            key_for=lambda _ct: "p/j/a1.bin",
+            options=OPTIONS,
+            on_progress=lambda _n: progressed.set(),
+        )
+    )
+    await asyncio.wait_for(progressed.wait(), 10)
+    assert any(p.name.endswith(".part") for p in leftovers(tmp_path))
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert leftovers(tmp_path) == []
+
+
+async def test_storage_rejected_when_destination_unusable(
+    sim: Simulator, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """A destination that cannot hold directories fails with StorageRejected, not a traceback."""
+    job = sim.add_cloudlayer_job(size=1000, pending_s=0)
+    blocker = tmp_path / "root"
+    blocker.write_text("a file where a directory should be")
+    with pytest.raises(StorageRejected):
+        await fetch(session, sim.file_url(job), blocker)
+
+
+# -- a raw server for bodies that lie about their length ----------------------------------------
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@contextlib.asynccontextmanager
+async def raw_server(handler: Handler) -> AsyncIterator[str]:
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}/file.bin?X-Amz-Signature=secret"
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def read_request(reader: asyncio.StreamReader) -> dict[str, str]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")[1:]
+    return {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines if line)}
+
+
+async def test_lying_content_length_without_ranges(session: aiohttp.ClientSession, tmp_path: Path) -> None:
+    """A server that promises 1000 bytes, sends 400 and hangs up, without Range support, fails cleanly."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\nContent-Type: application/pdf\r\n\r\n")
+        writer.write(b"x" * 400)
+        await writer.drain()
+        writer.close()
+
+    async with raw_server(handler) as url:
+        with pytest.raises(IncompleteTransfer) as caught:
+            await fetch(session, url, tmp_path)
+    assert "X-Amz-Signature" not in str(caught.value)
+    assert leftovers(tmp_path) == []
+
+
+async def test_resume_ignored_by_server_restarts_cleanly(
+    session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """When the host answers a Range request with the whole file (200), the copy starts over, not splices."""
+    # Larger than the client's read buffer, so part of it is consumed before the hang-up is seen.
+    body = content_bytes(7, 3_000_000)
+    calls: list[dict[str, str]] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        headers = await read_request(reader)
+        calls.append(headers)
+        head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\nAccept-Ranges: bytes\r\n\r\n"
+        writer.write(head.encode())
+        writer.write(body if len(calls) > 1 else body[:1_500_000])
+        await writer.drain()
+        writer.close()
+
+    async with raw_server(handler) as url:
+        copy = await fetch(session, url, tmp_path)
+    assert "range" in calls[1]
+    assert copy.sha256 == hashlib.sha256(body).hexdigest()
+    assert (tmp_path / "p/j/a1.bin").read_bytes() == body

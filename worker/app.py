@@ -1,0 +1,90 @@
+"""Wiring: build a whole worker (store, session, providers, sink, engine, runner) from settings."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from worker.clock import Clock, SystemClock
+from worker.config import Settings, dest_path
+from worker.engine import Engine, EngineSettings
+from worker.httpclient import HttpClient, Sleep, new_session
+from worker.policy import Backoff
+from worker.providers.base import Provider
+from worker.providers.cloudlayer import CloudlayerProvider
+from worker.runner import Runner, RunnerSettings
+from worker.sinks.file import FileSink
+from worker.store import Store, open_store
+from worker.transfer import TransferOptions
+
+
+@dataclass(frozen=True, slots=True)
+class Worker:
+    settings: Settings
+    store: Store
+    engine: Engine
+    runner: Runner
+
+
+@asynccontextmanager
+async def open_worker(
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    sleep: Sleep | None = None,
+    rand: Callable[[], float] = random.random,
+) -> AsyncIterator[Worker]:
+    """A ready-to-run worker; everything it opened is closed on exit.
+
+    ``sleep`` is what retries wait with (request retries, asset retries); tests pass one that
+    records the delays. Schedules and leases use ``clock``.
+    """
+    clock = clock or SystemClock()
+    sleep = sleep or clock.sleep
+    store = await open_store(settings.store_url)
+    try:
+        async with new_session(settings.http, read_bufsize=settings.chunk_bytes) as session:
+            http = HttpClient(session, settings.http, sleep=sleep, wall_clock=clock.now, rand=rand)
+            providers: dict[str, Provider] = {
+                "cloudlayer": CloudlayerProvider(http, settings.cloudlayer, settings.poll),
+            }
+            sink = FileSink(dest_path(settings.dest_url), stale_temp_s=settings.lease_s)
+            engine = Engine(
+                store=store,
+                providers=providers,
+                sink=sink,
+                session=session,
+                settings=EngineSettings(
+                    path_template=settings.path_template,
+                    poll_deadline_s=settings.poll.deadline_s,
+                    max_attempts=settings.max_attempts,
+                    transfer=TransferOptions(chunk_bytes=settings.chunk_bytes),
+                    retry_backoff=Backoff(
+                        initial_s=settings.http.backoff_initial_s,
+                        max_s=settings.http.backoff_max_s,
+                        jitter=0.5,
+                    ),
+                ),
+                clock=clock,
+                sleep=sleep,
+                rand=rand,
+            )
+            runner = Runner(
+                store=store,
+                engine=engine,
+                settings=RunnerSettings(
+                    owner=settings.worker_id,
+                    concurrency=settings.concurrency,
+                    poll_concurrency=settings.poll_concurrency,
+                    lease_s=settings.lease_s,
+                    claim_interval_s=settings.claim_interval_s,
+                    grace_s=settings.grace_s,
+                ),
+                clock=clock,
+            )
+            yield Worker(settings, store, engine, runner)
+            await sink.close()
+    finally:
+        await store.close()

@@ -1,0 +1,191 @@
+"""``asset-worker``: submit, run, status, simulate, demo.
+
+Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import structlog
+
+from worker import log as worker_log
+from worker.app import open_worker
+from worker.config import Settings, from_env
+from worker.errors import ConfigError, InvalidJob, WorkerError
+from worker.models import JobKey
+from worker.statusview import job_to_json, render_table
+from worker.store import open_store
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # argparse's own usage errors exit 2, as ours do
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="asset-worker",
+        description="Poll asynchronous generation jobs, download every asset, verify it, store it.",
+        epilog="Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error.",
+    )
+    parser.add_argument("--store", help="store URL (overrides ASSET_WORKER_STORE)")
+    parser.add_argument("--dest", help="destination URL or path (overrides ASSET_WORKER_DEST)")
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--log-format", choices=["auto", "json", "console"])
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    submit = commands.add_parser("submit", help="queue jobs by key, e.g. cloudlayer:<jobId>")
+    submit.add_argument("keys", nargs="+", metavar="KEY")
+    submit.add_argument("--force", action="store_true", help="re-queue jobs that already finished")
+
+    run = commands.add_parser("run", help="work the queue until stopped (SIGTERM / Ctrl-C)")
+    run.add_argument("--until-idle", action="store_true", help="exit 0 once no job is left unfinished")
+    run.add_argument("--concurrency", type=int, help="transfers at once (ASSET_WORKER_CONCURRENCY)")
+
+    status = commands.add_parser("status", help="show jobs (all, or the keys given)")
+    status.add_argument("keys", nargs="*", metavar="KEY")
+    status.add_argument("--json", action="store_true", help="print the status JSON array")
+
+    simulate = commands.add_parser("simulate", help="serve the simulated upstream APIs on loopback")
+    simulate.add_argument("--host", default="127.0.0.1")
+    simulate.add_argument("--port", type=int, default=8787)
+    simulate.add_argument("--api-key", default="cl-sim-key", help="the cloudlayer API key it accepts")
+
+    demo = commands.add_parser("demo", help="run the worker end to end against the built-in simulator")
+    demo.add_argument("--dir", default="asset-worker-demo", help="where the demo keeps its store and files")
+    demo.add_argument("--jobs", type=int, default=36, help="how many jobs to generate")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = from_env(
+            None,
+            store=args.store,
+            dest=args.dest,
+            # The demo prints its own table; its logs stay quiet unless asked for.
+            log_level=args.log_level or ("warning" if args.command == "demo" else None),
+            log_format=args.log_format,
+            concurrency=getattr(args, "concurrency", None),
+        )
+    except ConfigError as exc:
+        print(f"asset-worker: configuration error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    # Logs go to stderr when stdout carries the command's own output (tables, JSON, keys).
+    log_stream = sys.stdout if args.command == "run" else sys.stderr
+    worker_log.configure(level=settings.log_level, fmt=settings.log_format, stream=log_stream)
+    try:
+        return asyncio.run(_dispatch(args, settings))
+    except (ConfigError, InvalidJob) as exc:
+        print(f"asset-worker: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except WorkerError as exc:
+        print(f"asset-worker: {exc.code}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return 130
+
+
+async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
+    match args.command:
+        case "submit":
+            return await _submit(settings, args.keys, force=args.force)
+        case "run":
+            return await _run(settings, until_idle=args.until_idle)
+        case "status":
+            return await _status(settings, args.keys, as_json=args.json)
+        case "simulate":
+            from worker.simulator.app import serve
+
+            await serve(args.host, args.port, args.api_key)
+            return EXIT_OK
+        case "demo":
+            from worker.demo import run_demo
+
+            outcome: int = await run_demo(settings, directory=args.dir, jobs=args.jobs)
+            return outcome
+    raise ConfigError(f"unknown command {args.command!r}")  # pragma: no cover
+
+
+async def _submit(settings: Settings, raw_keys: Sequence[str], *, force: bool) -> int:
+    keys = [JobKey.parse(k) for k in raw_keys]  # every key is checked before any is written
+    store = await open_store(settings.store_url)
+    try:
+        now = time.time()
+        for key in keys:
+            result = await store.submit(key, now=now, force=force)
+            structlog.get_logger("worker.cli").info(
+                "job_submitted", job=str(key), created=result.created, requeued=result.requeued
+            )
+            print(result.job.key)
+    finally:
+        await store.close()
+    return EXIT_OK
+
+
+async def _status(settings: Settings, raw_keys: Sequence[str], *, as_json: bool) -> int:
+    keys = [JobKey.parse(k) for k in raw_keys]
+    store = await open_store(settings.store_url)
+    try:
+        jobs = await store.get(keys) if keys else await store.list_jobs()
+    finally:
+        await store.close()
+    missing = sorted({str(k) for k in keys} - {str(j.key) for j in jobs})
+    if as_json:
+        print(json.dumps([job_to_json(j) for j in jobs], indent=2))
+    else:
+        print(render_table(jobs) if jobs else "no jobs")
+    for key in missing:
+        print(f"asset-worker: unknown job {key}", file=sys.stderr)
+    return EXIT_FAILURE if missing else EXIT_OK
+
+
+async def _run(settings: Settings, *, until_idle: bool) -> int:
+    stop = asyncio.Event()
+    main_task = asyncio.current_task()
+    signals_seen = 0
+
+    def on_signal(signum: int) -> None:
+        nonlocal signals_seen
+        signals_seen += 1
+        logger = structlog.get_logger("worker.cli")
+        if signals_seen == 1:
+            logger.info("shutdown_requested", signal=signal.Signals(signum).name, grace_s=settings.grace_s)
+            stop.set()
+        elif main_task is not None:
+            # Second signal: stop now. Cancellation still removes temp files and releases leases.
+            logger.warning("shutdown_forced", signal=signal.Signals(signum).name)
+            main_task.cancel()
+
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        async with open_worker(settings) as worker:
+            await worker.runner.run(stop=stop, until_idle=until_idle)
+    except asyncio.CancelledError:
+        if signals_seen >= 2:
+            return EXIT_FAILURE
+        raise
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(signum)
+    return EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,258 @@
+"""Settings, read and validated once at start: the only place that looks at ``os.environ``.
+
+Every ``ASSET_WORKER_*`` variable must be one this module knows: a typo such as
+``ASSET_WORKER_CONCURENCY`` is an error, not a silently ignored knob. Command-line flags override
+the environment (the CLI passes them as ``overrides``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import secrets
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from worker.errors import ConfigError
+from worker.naming import DEFAULT_TEMPLATE, validate_template
+
+PREFIX = "ASSET_WORKER_"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PollSettings:
+    """The job-level poll schedule (cloudlayer defaults; Layers has its own)."""
+
+    initial_s: float = 2.0
+    max_s: float = 30.0
+    multiplier: float = 2.0
+    deadline_s: float = 1800.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HttpSettings:
+    """Request-level behaviour shared by every upstream call."""
+
+    request_attempts: int = 5
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 30.0
+    retry_after_max_s: float = 120.0
+    connect_timeout_s: float = 10.0
+    read_timeout_s: float = 60.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CloudlayerSettings:
+    api_key: str | None = field(default=None, repr=False)
+    base_url: str = "https://api.cloudlayer.io"
+    api_version: str = "v2"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    store_url: str = "sqlite:///./asset-worker.db"
+    dest_url: str = "file://./assets"
+    path_template: str = DEFAULT_TEMPLATE
+    concurrency: int = 8
+    poll_concurrency: int = 32
+    max_attempts: int = 5
+    lease_s: float = 60.0
+    claim_interval_s: float = 1.0
+    grace_s: float = 25.0
+    chunk_bytes: int = 1 << 20
+    log_level: str = "info"
+    log_format: str = "auto"
+    worker_id: str = field(default_factory=lambda: default_worker_id())
+    poll: PollSettings = field(default_factory=PollSettings)
+    http: HttpSettings = field(default_factory=HttpSettings)
+    cloudlayer: CloudlayerSettings = field(default_factory=CloudlayerSettings)
+
+
+def default_worker_id() -> str:
+    """Host, pid and a random suffix: unique per process, readable in lease columns and logs."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+# name -> (section, field, parser). The README's configuration table lists the same variables.
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError("must be a positive number")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise ValueError("must be a positive whole number")
+    return value
+
+
+def _multiplier(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value) or value < 1:
+        raise ValueError("must be a number >= 1")
+    return value
+
+
+def _choice(*options: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = text.strip().lower()
+        if value not in options:
+            raise ValueError(f"must be one of {', '.join(options)}")
+        return value
+
+    return parse
+
+
+def _text(text: str) -> str:
+    value = text.strip()
+    if not value:
+        raise ValueError("must not be empty")
+    return value
+
+
+def _chunk(text: str) -> int:
+    value = int(text)
+    if not 4096 <= value <= 64 << 20:
+        raise ValueError("must be between 4096 and 67108864 bytes")
+    return value
+
+
+_TOP: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "STORE": ("store_url", _text),
+    "DEST": ("dest_url", _text),
+    "PATH_TEMPLATE": ("path_template", validate_template),
+    "CONCURRENCY": ("concurrency", _positive_int),
+    "POLL_CONCURRENCY": ("poll_concurrency", _positive_int),
+    "MAX_ATTEMPTS": ("max_attempts", _positive_int),
+    "LEASE_S": ("lease_s", _positive_float),
+    "CLAIM_INTERVAL_S": ("claim_interval_s", _positive_float),
+    "GRACE_S": ("grace_s", _positive_float),
+    "CHUNK_BYTES": ("chunk_bytes", _chunk),
+    "LOG_LEVEL": ("log_level", _choice("debug", "info", "warning", "error")),
+    "LOG_FORMAT": ("log_format", _choice("auto", "json", "console")),
+    "WORKER_ID": ("worker_id", _text),
+}
+_POLL: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "POLL_INITIAL_S": ("initial_s", _positive_float),
+    "POLL_MAX_S": ("max_s", _positive_float),
+    "POLL_MULTIPLIER": ("multiplier", _multiplier),
+    "POLL_DEADLINE_S": ("deadline_s", _positive_float),
+}
+_HTTP: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "REQUEST_ATTEMPTS": ("request_attempts", _positive_int),
+    "RETRY_INITIAL_S": ("backoff_initial_s", _positive_float),
+    "RETRY_MAX_S": ("backoff_max_s", _positive_float),
+    "RETRY_AFTER_MAX_S": ("retry_after_max_s", _positive_float),
+    "CONNECT_TIMEOUT_S": ("connect_timeout_s", _positive_float),
+    "READ_TIMEOUT_S": ("read_timeout_s", _positive_float),
+}
+KNOWN_VARIABLES: frozenset[str] = frozenset(PREFIX + name for name in (*_TOP, *_POLL, *_HTTP))
+
+
+def from_env(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Build settings from the environment (default ``os.environ``) and CLI ``overrides``.
+
+    ``overrides`` use the ``ASSET_WORKER_*`` suffix in lower case (``concurrency=4``,
+    ``poll_initial_s=0.1``) and take the same text-or-value forms. Raises ``ConfigError``.
+    """
+    env = dict(os.environ if environ is None else environ)
+    unknown = sorted(k for k in env if k.startswith(PREFIX) and k not in KNOWN_VARIABLES)
+    if unknown:
+        raise ConfigError(
+            f"unknown setting(s) {', '.join(unknown)}; known ASSET_WORKER_* variables: "
+            + ", ".join(sorted(KNOWN_VARIABLES))
+        )
+    for name, value in overrides.items():
+        if value is not None:
+            var = PREFIX + name.upper()
+            if var not in KNOWN_VARIABLES:
+                raise ConfigError(f"unknown override {name!r}")
+            env[var] = str(value)
+
+    top = _section(env, _TOP)
+    poll = PollSettings(**_section(env, _POLL))
+    http = HttpSettings(**_section(env, _HTTP))
+    cloudlayer = CloudlayerSettings(
+        api_key=env.get("CLOUDLAYER_API_KEY") or None,
+        base_url=_base_url(env, "CLOUDLAYER_BASE_URL", "https://api.cloudlayer.io"),
+        api_version=_api_version(env.get("CLOUDLAYER_API_VERSION", "v2")),
+    )
+    settings = Settings(**top, poll=poll, http=http, cloudlayer=cloudlayer)
+    _check(settings)
+    return settings
+
+
+def _section(env: Mapping[str, str], table: Mapping[str, tuple[str, Callable[[str], Any]]]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for suffix, (attr, parse) in table.items():
+        var = PREFIX + suffix
+        if var in env:
+            try:
+                values[attr] = parse(env[var])
+            except ValueError as exc:
+                raise ConfigError(f"{var}={env[var]!r}: {exc}") from exc
+    return values
+
+
+def _base_url(env: Mapping[str, str], var: str, default: str) -> str:
+    value = env.get(var, default).strip().rstrip("/")
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"{var}={value!r}: must be an http(s) URL such as {default}")
+    return value
+
+
+def _api_version(text: str) -> str:
+    value = text.strip().lower()
+    if value not in ("v1", "v2"):
+        raise ConfigError(f"CLOUDLAYER_API_VERSION={text!r}: must be v1 or v2")
+    return value
+
+
+def _check(settings: Settings) -> None:
+    if settings.poll.max_s < settings.poll.initial_s:
+        raise ConfigError(
+            f"ASSET_WORKER_POLL_MAX_S ({settings.poll.max_s}) must be >= "
+            f"ASSET_WORKER_POLL_INITIAL_S ({settings.poll.initial_s})"
+        )
+    if settings.http.backoff_max_s < settings.http.backoff_initial_s:
+        raise ConfigError("ASSET_WORKER_RETRY_MAX_S must be >= ASSET_WORKER_RETRY_INITIAL_S")
+    dest_path(settings.dest_url)
+    sqlite_path(settings.store_url)
+
+
+def dest_path(url: str) -> Path:
+    """The local directory of a ``file://`` destination (or a plain path), made absolute."""
+    if "://" not in url:
+        return Path(url).expanduser().absolute()
+    parts = urlsplit(url)
+    if parts.scheme != "file":
+        raise ConfigError(
+            f"ASSET_WORKER_DEST={url!r}: unsupported scheme {parts.scheme!r} (use file://PATH or a path)"
+        )
+    # file://./assets (relative, netloc ".") and file:///abs/path are both accepted.
+    raw = unquote(parts.netloc + parts.path)
+    if not raw:
+        raise ConfigError(f"ASSET_WORKER_DEST={url!r}: no path given")
+    return Path(raw).expanduser().absolute()
+
+
+def sqlite_path(url: str) -> Path:
+    """The database file of a ``sqlite:///relative.db`` or ``sqlite:////absolute.db`` store URL."""
+    parts = urlsplit(url)
+    if parts.scheme != "sqlite":
+        raise ConfigError(
+            f"ASSET_WORKER_STORE={url!r}: unsupported store (use sqlite:///PATH, e.g. sqlite:///./asset-worker.db)"
+        )
+    if parts.netloc:
+        raise ConfigError(f"ASSET_WORKER_STORE={url!r}: use three slashes, sqlite:///PATH")
+    raw = unquote(parts.path[1:] if parts.path.startswith("/") else parts.path)
+    if not raw:
+        raise ConfigError(f"ASSET_WORKER_STORE={url!r}: no database path given")
+    return Path(raw).expanduser().absolute()

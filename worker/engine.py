@@ -1,0 +1,286 @@
+"""One job's lifecycle, one step at a time: poll it, or transfer its assets, then record the result.
+
+The engine holds no state between steps: everything it decides goes to the store (a new
+``due_at``, the asset set, a receipt, a final state), so any worker can take the next step.
+
+Error handling by class, never by message:
+
+- while polling, ``UpstreamUnavailable`` (already retried per request) reschedules the poll;
+  ``UpstreamRejected`` and ``InvalidJob`` fail the job with their code; the poll deadline fails it
+  with ``poll_timeout``.
+- while transferring an asset, ``SourceExpired`` fetches a fresh URL and tries again;
+  ``IncompleteTransfer``, ``IntegrityError`` and other retryable errors back off and try again, up
+  to ``max_attempts``; then the asset fails with the last error's code. ``StorageRejected`` and
+  ``UpstreamRejected`` fail the asset at once. A job whose assets all stored is ``done``;
+  one with any failed asset is ``failed`` with the first asset error.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import aiohttp
+import structlog
+
+from worker.clock import Clock
+from worker.errors import InvalidJob, SourceExpired, UpstreamRejected, UpstreamUnavailable, WorkerError
+from worker.httpclient import Sleep
+from worker.models import (
+    AssetRecord,
+    AssetRef,
+    AssetState,
+    Failed,
+    Job,
+    JobError,
+    JobState,
+    Pending,
+    Ready,
+    Receipt,
+)
+from worker.naming import choose_ext, render_key
+from worker.policy import Backoff
+from worker.providers.base import Provider
+from worker.sinks.base import Sink
+from worker.store.base import Store
+from worker.transfer import TransferOptions, fetch_to_sink
+
+log = structlog.get_logger("worker.engine")
+
+Touch = Callable[[], None]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EngineSettings:
+    path_template: str
+    poll_deadline_s: float
+    max_attempts: int
+    transfer: TransferOptions
+    retry_backoff: Backoff
+
+
+class Engine:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        providers: Mapping[str, Provider],
+        sink: Sink,
+        session: aiohttp.ClientSession,
+        settings: EngineSettings,
+        clock: Clock,
+        sleep: Sleep | None = None,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self._store = store
+        self._providers = providers
+        self._sink = sink
+        self._session = session
+        self._settings = settings
+        self._clock = clock
+        self._sleep = sleep or clock.sleep
+        self._rand = rand
+
+    # -- polling ------------------------------------------------------------------------------
+
+    async def poll(self, job: Job, *, owner: str, touch: Touch) -> bool:
+        """Poll once. Returns True when the job became ready for transfer."""
+        now = self._clock.now()
+        started = job.polling_since if job.polling_since is not None else now
+        deadline_at = started + self._settings.poll_deadline_s
+        if now >= deadline_at:
+            last = job.provider_state.get("last_status", "pending")
+            message = f"still {last!r} upstream after {self._settings.poll_deadline_s:g} s of polling"
+            await self._finish(job, owner, JobState.FAILED, JobError("poll_timeout", message))
+            return False
+        try:
+            provider = self._provider(job)
+            outcome = await provider.poll(job)
+        except (UpstreamRejected, InvalidJob) as exc:
+            await self._finish(job, owner, JobState.FAILED, JobError(exc.code, exc.message))
+            return False
+        except WorkerError as exc:
+            if not exc.retryable:
+                raise
+            # The request-level retries gave up; the poll schedule decides when to try again.
+            await self._reschedule(job, owner, now, deadline_at, {"last_error": exc.code})
+            log.warning("job_poll_failed", job=str(job.key), error=exc.code, message=exc.message)
+            return False
+        touch()
+        match outcome:
+            case Pending(status=status, provider_state=state):
+                await self._reschedule(job, owner, now, deadline_at, {**state, "last_status": status})
+                log.debug("job_polled", job=str(job.key), status=status, polls=job.polls + 1)
+                return False
+            case Ready(assets=assets, provider_state=state):
+                if not assets:
+                    await self._finish(
+                        job,
+                        owner,
+                        JobState.FAILED,
+                        JobError("no_assets", "finished upstream without any file"),
+                    )
+                    return False
+                await self._store.mark_ready(
+                    job.key, owner=owner, now=self._clock.now(), assets=assets, provider_state=state
+                )
+                log.info("job_ready", job=str(job.key), assets=len(assets), polls=job.polls + 1)
+                return True
+            case Failed(code=code, message=message):
+                await self._finish(job, owner, JobState.FAILED, JobError(code, message))
+                return False
+        raise AssertionError(f"unexpected poll outcome {outcome!r}")  # pragma: no cover
+
+    async def _reschedule(
+        self, job: Job, owner: str, now: float, deadline_at: float, state: dict[str, object]
+    ) -> None:
+        delay = self._provider(job).poll_backoff.delay(job.polls, self._rand)
+        # Never sleep past the deadline: the next claim then fails the job on time.
+        due_at = min(now + delay, deadline_at)
+        await self._store.reschedule(
+            job.key, owner=owner, now=now, due_at=due_at, polls=job.polls + 1, provider_state=state
+        )
+
+    # -- transfer -----------------------------------------------------------------------------
+
+    async def transfer(self, job: Job, *, owner: str, touch: Touch) -> None:
+        """Store every pending asset of a ``downloading`` job, then finish it."""
+        if job.attempts > self._settings.max_attempts:
+            error = job.error or JobError("too_many_attempts", "the job was interrupted too often")
+            await self._finish(job, owner, JobState.FAILED, error)
+            return
+        first_error: JobError | None = None
+        for record in job.assets:
+            if record.state is AssetState.STORED:
+                continue
+            if record.state is AssetState.FAILED:
+                first_error = first_error or record.error
+                continue
+            asset_error = await self._store_asset(job, record, owner=owner, touch=touch)
+            first_error = first_error or asset_error
+        if first_error is not None:
+            await self._finish(job, owner, JobState.FAILED, first_error)
+        else:
+            await self._finish(job, owner, JobState.DONE, None)
+
+    async def _store_asset(
+        self, job: Job, record: AssetRecord, *, owner: str, touch: Touch
+    ) -> JobError | None:
+        try:
+            receipt = await self._fetch_with_retries(job, record.ref, owner=owner, touch=touch)
+        except WorkerError as exc:
+            error = JobError(exc.code, exc.message)
+            await self._store.fail_asset(job.key, owner=owner, asset_id=record.ref.asset_id, error=error)
+            log.warning(
+                "asset_failed",
+                job=str(job.key),
+                asset=record.ref.asset_id,
+                error=exc.code,
+                message=exc.message,
+            )
+            return error
+        await self._store.record_receipt(job.key, owner=owner, receipt=receipt)
+        log.info(
+            "asset_stored",
+            job=str(job.key),
+            asset=receipt.asset_id,
+            uri=receipt.uri,
+            size=receipt.size,
+            sha256=receipt.sha256,
+            upstream_verified=receipt.upstream_verified,
+        )
+        return None
+
+    async def _fetch_with_retries(self, job: Job, ref: AssetRef, *, owner: str, touch: Touch) -> Receipt:
+        provider = self._provider(job)
+        attempts = self._settings.max_attempts
+        needs_refresh = False
+        for attempt in range(1, attempts + 1):
+            try:
+                if needs_refresh:
+                    ref = await provider.refresh(job, ref)
+                    await self._store.update_asset(job.key, owner=owner, ref=ref)
+                    needs_refresh = False
+                copy = await fetch_to_sink(
+                    self._session,
+                    ref,
+                    self._sink,
+                    key_for=functools.partial(self._key, job, ref),
+                    options=self._settings.transfer,
+                    on_progress=lambda _n: touch(),
+                )
+            except WorkerError as exc:
+                if not exc.retryable or attempt == attempts:
+                    raise
+                log.info(
+                    "asset_retry",
+                    job=str(job.key),
+                    asset=ref.asset_id,
+                    error=exc.code,
+                    attempt=attempt,
+                    message=exc.message,
+                )
+                if isinstance(exc, SourceExpired):
+                    # A fresh URL is worth trying at once; waiting would not make the old one work.
+                    needs_refresh = True
+                    continue
+                await self._pause(exc, attempt, touch)
+                continue
+            return Receipt(
+                asset_id=ref.asset_id,
+                uri=copy.uri,
+                size=copy.size,
+                sha256=copy.sha256,
+                upstream_verified=copy.upstream_verified,
+                stored_at=self._clock.now(),
+            )
+        raise AssertionError("unreachable: the last attempt returns or raises")  # pragma: no cover
+
+    async def _pause(self, exc: WorkerError, attempt: int, touch: Touch) -> None:
+        """Back off before the next attempt (the server's ``Retry-After`` when it gave one)."""
+        delay = self._settings.retry_backoff.delay(attempt - 1, self._rand)
+        if isinstance(exc, UpstreamUnavailable) and exc.retry_after_s is not None:
+            delay = exc.retry_after_s
+        touch()
+        await self._sleep(delay)
+        touch()
+
+    def _key(self, job: Job, ref: AssetRef, content_type: str | None) -> str:
+        ext = choose_ext(hint=ref.ext, url=ref.url, content_type=content_type)
+        return render_key(
+            self._settings.path_template,
+            provider=job.key.provider,
+            job=job.key.upstream_id,
+            asset=ref.asset_id,
+            ext=ext,
+        )
+
+    # -- shared -------------------------------------------------------------------------------
+
+    def _provider(self, job: Job) -> Provider:
+        provider = self._providers.get(job.key.provider)
+        if provider is None:
+            raise InvalidJob(f"no provider {job.key.provider!r} is configured in this worker")
+        return provider
+
+    async def _finish(self, job: Job, owner: str, state: JobState, error: JobError | None) -> None:
+        now = self._clock.now()
+        await self._store.finish(job.key, owner=owner, now=now, state=state, error=error)
+        finished = (await self._store.get([job.key]))[0]
+        stored = [a.receipt for a in finished.assets if a.receipt is not None]
+        log.info(
+            "job_finished",
+            job=str(job.key),
+            provider=job.key.provider,
+            outcome=state.value,
+            duration_s=round(now - job.submitted_at, 3),
+            bytes=sum(r.size for r in stored),
+            assets=len(finished.assets),
+            assets_stored=len(stored),
+            attempts=job.attempts,
+            polls=finished.polls,
+            error_code=error.code if error else None,
+            error=error.message if error else None,
+        )

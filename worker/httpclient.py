@@ -1,0 +1,192 @@
+"""The one HTTP session of a process, and request-level retries for upstream API calls.
+
+This is the boundary where aiohttp's exceptions become ours: connection errors, timeouts and
+retryable statuses turn into ``UpstreamUnavailable`` (retried here with tenacity, honouring
+``Retry-After``), every other error status into ``UpstreamRejected`` with a code the provider
+chose. Callers above this module never see an aiohttp exception from an API call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import structlog
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
+
+from worker.config import HttpSettings
+from worker.errors import UpstreamRejected, UpstreamUnavailable, strip_query
+from worker.policy import Backoff, is_retryable_status, parse_retry_after
+
+log = structlog.get_logger("worker.http")
+
+Sleep = Callable[[float], Awaitable[None]]
+# (status, body bytes) -> (code, message): how a vendor spells its errors.
+ErrorReader = Callable[[int, bytes], tuple[str, str]]
+# Called once per retry with (reason, delay); metrics hook in here.
+RetryObserver = Callable[[str, float], None]
+
+USER_AGENT = "asset-worker/0.1 (+https://pypi.org/project/asset-worker/)"
+
+
+def new_session(settings: HttpSettings, *, read_bufsize: int = 1 << 20) -> aiohttp.ClientSession:
+    """The process-wide session: no default headers (API keys are per request, so they can never
+    leak to a file host), bounded connect and read timeouts but no total timeout (a 1 GiB body
+    may legitimately take minutes), and a read buffer large enough for fast streaming."""
+    timeout = aiohttp.ClientTimeout(
+        total=None,
+        connect=settings.connect_timeout_s,
+        sock_connect=settings.connect_timeout_s,
+        sock_read=settings.read_timeout_s,
+    )
+    connector = aiohttp.TCPConnector(limit=100, limit_per_host=32, ttl_dns_cache=300)
+    return aiohttp.ClientSession(
+        timeout=timeout,
+        connector=connector,
+        headers={"User-Agent": USER_AGENT},
+        read_bufsize=read_bufsize,
+        raise_for_status=False,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class JsonResponse:
+    status: int
+    body: Any  # parsed JSON, or None for 304
+    headers: Mapping[str, str]
+
+
+def default_error_reader(status: int, body: bytes) -> tuple[str, str]:
+    """Codes for a plain HTTP API: the status's meaning, and the body's ``message`` if any."""
+    code = {401: "unauthenticated", 403: "forbidden", 404: "not_found"}.get(status, "upstream_rejected")
+    message = body[:500].decode("utf-8", "replace").strip()
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        parsed = None
+    if isinstance(parsed, dict) and isinstance(parsed.get("message"), str):
+        message = parsed["message"]
+    return code, message or f"HTTP {status}"
+
+
+class HttpClient:
+    """GET JSON from an upstream API with retries; sleeping and time are injected."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        settings: HttpSettings,
+        *,
+        sleep: Sleep = asyncio.sleep,
+        wall_clock: Callable[[], float] = time.time,
+        rand: Callable[[], float] = random.random,
+        on_retry: RetryObserver | None = None,
+    ) -> None:
+        self.session = session
+        self._settings = settings
+        self._sleep = sleep
+        self._wall_clock = wall_clock
+        self._rand = rand
+        self._on_retry = on_retry
+        self._backoff = Backoff(
+            initial_s=settings.backoff_initial_s, max_s=settings.backoff_max_s, multiplier=2.0, jitter=0.5
+        )
+
+    async def get_json(
+        self,
+        url: str,
+        *,
+        headers: Mapping[str, str],
+        error_reader: ErrorReader = default_error_reader,
+        attempts: int | None = None,
+    ) -> JsonResponse:
+        """GET ``url`` and parse JSON, retrying transient failures.
+
+        Returns 2xx and 304 answers; raises ``UpstreamRejected`` for other statuses or a body
+        that is not JSON, and ``UpstreamUnavailable`` once the attempts are used up.
+        """
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(attempts or self._settings.request_attempts),
+            retry=retry_if_exception_type(UpstreamUnavailable),
+            wait=self._wait,
+            sleep=self._sleep,
+            before_sleep=self._before_sleep,
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                return await self._get_once(url, headers, error_reader)
+        raise AssertionError("unreachable: tenacity either returns or re-raises")  # pragma: no cover
+
+    def _wait(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, UpstreamUnavailable) and exc.retry_after_s is not None:
+            # The server said how long; sleep exactly that (already clamped when parsed).
+            return exc.retry_after_s
+        return self._backoff.delay(state.attempt_number - 1, self._rand)
+
+    def _before_sleep(self, state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        delay = state.upcoming_sleep
+        reason = f"http_{exc.status}" if isinstance(exc, UpstreamUnavailable) and exc.status else "network"
+        log.info(
+            "request_retry",
+            url=getattr(exc, "url", ""),
+            reason=reason,
+            attempt=state.attempt_number,
+            delay_s=round(delay, 3),
+            error=str(exc),
+        )
+        if self._on_retry is not None:
+            self._on_retry(reason, delay)
+
+    async def _get_once(
+        self, url: str, headers: Mapping[str, str], error_reader: ErrorReader
+    ) -> JsonResponse:
+        safe_url = strip_query(url)
+        try:
+            async with self.session.get(url, headers=headers, allow_redirects=True) as resp:
+                body = await resp.read()
+                status = resp.status
+                resp_headers = dict(resp.headers)
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
+            raise UpstreamUnavailable(
+                f"GET {safe_url}: {type(exc).__name__}: {exc}", url=url, code="network_error"
+            ) from exc
+        if status == 304:
+            return JsonResponse(status, None, resp_headers)
+        if is_retryable_status(status):
+            retry_after = parse_retry_after(
+                resp_headers.get("Retry-After"),
+                now=self._wall_clock(),
+                max_s=self._settings.retry_after_max_s,
+            )
+            code, message = error_reader(status, body)
+            raise UpstreamUnavailable(
+                f"GET {safe_url}: HTTP {status}: {message}",
+                url=url,
+                status=status,
+                retry_after_s=retry_after,
+                code=code,
+            )
+        if not 200 <= status < 300:
+            code, message = error_reader(status, body)
+            raise UpstreamRejected(
+                f"GET {safe_url}: HTTP {status}: {message}", url=url, status=status, code=code
+            )
+        try:
+            parsed = json.loads(body)
+        except ValueError as exc:
+            raise UpstreamRejected(
+                f"GET {safe_url}: HTTP {status} with a body that is not JSON",
+                url=url,
+                status=status,
+                code="malformed_response",
+            ) from exc
+        return JsonResponse(status, parsed, resp_headers)

@@ -1,0 +1,51 @@
+"""structlog, configured once by the CLI: JSON lines for machines, a console renderer for people.
+
+Secrets never reach the output: values of secret-looking keys are replaced, and any URL has its
+query string (where pre-signed URLs keep their signature) removed.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import MutableMapping
+from typing import Any, TextIO
+
+import structlog
+
+from worker.errors import strip_query
+
+_SECRET_KEYS = re.compile(r"(api[_-]?key|authorization|token|secret|password|signature)", re.IGNORECASE)
+_URL_WITH_QUERY = re.compile(r"\bhttps?://[^\s'\"<>]+\?[^\s'\"<>]*")
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+def redact(_logger: object, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Remove secrets from an event dict (a structlog processor)."""
+    for key, value in list(event.items()):
+        if _SECRET_KEYS.search(key):
+            event[key] = "[redacted]"
+        elif isinstance(value, str) and "?" in value and "://" in value:
+            event[key] = _URL_WITH_QUERY.sub(lambda m: strip_query(m.group(0)), value)
+    return event
+
+
+def configure(*, level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
+    """Set up structlog for the whole process. ``fmt``: ``auto`` (console on a TTY), ``json``, ``console``."""
+    out = stream or sys.stdout
+    use_console = fmt == "console" or (fmt == "auto" and out.isatty())
+    renderer: Any = structlog.dev.ConsoleRenderer() if use_console else structlog.processors.JSONRenderer()
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info if not use_console else structlog.dev.set_exc_info,
+            redact,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
+        logger_factory=structlog.PrintLoggerFactory(out),
+        cache_logger_on_first_use=False,
+    )

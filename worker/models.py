@@ -1,0 +1,155 @@
+"""The data asset-worker moves around: job keys, jobs, assets, receipts and their states (pure)."""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from worker.errors import InvalidJob
+
+PROVIDERS: tuple[str, ...] = ("cloudlayer", "layers")
+
+# Upstream ids are opaque, but a key is also typed by people and passed in URLs and shell
+# commands: printable, no whitespace, bounded. Sanitising for the file system happens in naming.
+_UPSTREAM_ID = re.compile(r"^[^\s\x00-\x1f\x7f]{1,256}$")
+
+
+class JobState(enum.StrEnum):
+    """Where a job is in its life. ``done``, ``failed`` and ``canceled`` are final."""
+
+    QUEUED = "queued"
+    POLLING = "polling"
+    DOWNLOADING = "downloading"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+    @property
+    def is_final(self) -> bool:
+        return self in (JobState.DONE, JobState.FAILED, JobState.CANCELED)
+
+
+class AssetState(enum.StrEnum):
+    PENDING = "pending"
+    STORED = "stored"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class JobKey:
+    """``<provider>:<upstream id>``, the identity of a job everywhere (store, CLI, logs, API)."""
+
+    provider: str
+    upstream_id: str
+
+    @classmethod
+    def parse(cls, text: str) -> JobKey:
+        provider, sep, upstream_id = text.strip().partition(":")
+        if not sep:
+            raise InvalidJob(f"job key {text!r} must look like <provider>:<upstream id>")
+        provider = provider.lower()
+        if provider not in PROVIDERS:
+            known = ", ".join(PROVIDERS)
+            raise InvalidJob(f"job key {text!r} names unknown provider {provider!r} (known: {known})")
+        if not _UPSTREAM_ID.match(upstream_id):
+            raise InvalidJob(
+                f"job key {text!r}: the upstream id must be 1-256 printable characters without spaces"
+            )
+        return cls(provider, upstream_id)
+
+    def __str__(self) -> str:
+        return f"{self.provider}:{self.upstream_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class JobError:
+    code: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AssetRef:
+    """One file a finished job produced, as the provider resolved it.
+
+    ``url`` may be pre-signed and expire; ``expected_size`` and ``expected_sha256`` are what the
+    vendor published, if anything.
+    """
+
+    asset_id: str
+    url: str
+    expected_size: int | None = None
+    expected_sha256: str | None = None
+    content_type: str | None = None
+    ext: str | None = None
+    expires_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Receipt:
+    """Proof that one asset is stored whole at ``uri``."""
+
+    asset_id: str
+    uri: str
+    size: int
+    sha256: str
+    upstream_verified: bool
+    stored_at: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AssetRecord:
+    """An asset as the store knows it: what to fetch, and what happened."""
+
+    ref: AssetRef
+    state: AssetState = AssetState.PENDING
+    receipt: Receipt | None = None
+    error: JobError | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Job:
+    """A job as the store knows it."""
+
+    key: JobKey
+    state: JobState
+    submitted_at: float
+    updated_at: float
+    due_at: float
+    finished_at: float | None = None
+    polling_since: float | None = None
+    polls: int = 0
+    attempts: int = 0
+    error: JobError | None = None
+    lease_owner: str | None = None
+    lease_expires_at: float | None = None
+    provider_state: dict[str, Any] = field(default_factory=dict)
+    assets: tuple[AssetRecord, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """The upstream job is not finished yet."""
+
+    status: str
+    provider_state: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """The upstream job finished; these are its files, in order."""
+
+    assets: tuple[AssetRef, ...]
+    provider_state: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """The upstream job finished without files."""
+
+    code: str
+    message: str
+
+
+PollOutcome = Pending | Ready | Failed

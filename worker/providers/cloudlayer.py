@@ -1,0 +1,139 @@
+"""cloudlayer.io: ``GET /{v}/jobs/:id`` until ``success`` or ``error``, then the job's one file.
+
+Statuses per the upstream contract: the SDKs' ``pending``/``success``/``error`` plus the newer
+docs' aliases. An unknown status keeps the job polling (logged once per status), because a new
+intermediate state upstream must not fail jobs that will still succeed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+import structlog
+
+from worker.config import CloudlayerSettings, PollSettings
+from worker.errors import UpstreamRejected
+from worker.httpclient import HttpClient, default_error_reader
+from worker.models import AssetRef, Failed, Job, Pending, PollOutcome, Ready
+from worker.policy import Backoff
+
+log = structlog.get_logger("worker.providers.cloudlayer")
+
+_PENDING = frozenset({"pending", "processing", "queued"})
+_SUCCESS = frozenset({"success", "completed"})
+_ERROR = frozenset({"error", "failed"})
+
+# Job types end in their output kind: "html-pdf", "url-image", "template-pdf"...
+_EXT_BY_TYPE = {"pdf": "pdf", "application/pdf": "pdf"}
+
+
+def classify_status(status: str) -> str:
+    """``pending``, ``success``, ``error`` or ``unknown`` for any status string (pure)."""
+    normal = status.strip().lower()
+    if normal in _PENDING:
+        return "pending"
+    if normal in _SUCCESS:
+        return "success"
+    if normal in _ERROR:
+        return "error"
+    return "unknown"
+
+
+def positive_int(value: object) -> int | None:
+    """A published size as an int, or None when absent or nonsense (never crash on a field)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if value >= 0 else None
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    if isinstance(value, float) and value.is_integer() and value >= 0:
+        return int(value)
+    return None
+
+
+def read_error(status: int, body: bytes) -> tuple[str, str]:
+    """cloudlayer's ``{"statusCode", "message"}`` errors, with a hint where one helps."""
+    code, message = default_error_reader(status, body)
+    if status == 401:
+        message = f"cloudlayer refused the API key ({message}): check CLOUDLAYER_API_KEY"
+    return code, message
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+class CloudlayerProvider:
+    name = "cloudlayer"
+
+    def __init__(self, http: HttpClient, settings: CloudlayerSettings, poll: PollSettings) -> None:
+        self._http = http
+        self._settings = settings
+        self.poll_backoff = Backoff(initial_s=poll.initial_s, max_s=poll.max_s, multiplier=poll.multiplier)
+        self._warned_statuses: set[str] = set()
+
+    async def poll(self, job: Job) -> PollOutcome:
+        body = await self._get(f"jobs/{quote(job.key.upstream_id, safe='')}")
+        status = body.get("status")
+        if not isinstance(status, str):
+            raise UpstreamRejected(
+                f"cloudlayer job {job.key.upstream_id}: response has no status", code="malformed_response"
+            )
+        kind = classify_status(status)
+        if kind == "error":
+            message = (
+                _text(body.get("error")) or f"cloudlayer reported status {status!r} without an error text"
+            )
+            return Failed("upstream_error", message)
+        if kind == "success":
+            ref = await self._resolve(job, body)
+            return Ready((ref,))
+        if kind == "unknown" and status not in self._warned_statuses:
+            self._warned_statuses.add(status)
+            log.warning("unknown_upstream_status", provider=self.name, status=status, job=str(job.key))
+        return Pending(status)
+
+    async def refresh(self, job: Job, ref: AssetRef) -> AssetRef:
+        body = await self._get(f"jobs/{quote(job.key.upstream_id, safe='')}")
+        if classify_status(str(body.get("status", ""))) != "success":
+            raise UpstreamRejected(
+                f"cloudlayer job {job.key.upstream_id} is no longer successful "
+                f"(status {body.get('status')!r})",
+                code="source_gone",
+            )
+        return await self._resolve(job, body)
+
+    async def _resolve(self, job: Job, body: dict[str, Any]) -> AssetRef:
+        asset_id = _text(body.get("assetId"))
+        size = positive_int(body.get("size"))
+        ext = _EXT_BY_TYPE.get(str(body.get("type", "")).rsplit("-", 1)[-1])
+        url = _text(body.get("assetUrl"))
+        if url is None and asset_id is not None:
+            asset = await self._get(f"assets/{quote(asset_id, safe='')}")
+            url = _text(asset.get("url"))
+            size = positive_int(asset.get("size")) if size is None else size
+            ext = _text(asset.get("ext")) or ext
+        if url is None:
+            raise UpstreamRejected(
+                f"cloudlayer job {job.key.upstream_id} succeeded but names no assetUrl or usable assetId",
+                code="malformed_response",
+            )
+        # size 0 is what some SDK versions report when the size is unknown; never verify against it.
+        return AssetRef(
+            asset_id=asset_id or job.key.upstream_id, url=url, expected_size=size or None, ext=ext
+        )
+
+    async def _get(self, path: str) -> dict[str, Any]:
+        if not self._settings.api_key:
+            raise UpstreamRejected(
+                "no cloudlayer API key configured: set CLOUDLAYER_API_KEY", code="unauthenticated"
+            )
+        url = f"{self._settings.base_url}/{self._settings.api_version}/{path}"
+        response = await self._http.get_json(
+            url, headers={"X-API-Key": self._settings.api_key}, error_reader=read_error
+        )
+        if not isinstance(response.body, dict):
+            raise UpstreamRejected(f"GET {url}: expected a JSON object", url=url, code="malformed_response")
+        return response.body

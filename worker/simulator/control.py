@@ -1,0 +1,117 @@
+"""The control API under ``/_sim/`` (JSON, no auth): create jobs, set faults, read the request log, reset.
+
+It exists for the demo and for tests or benchmarks running in another process; in-process tests use the
+``Simulator`` helpers, which call the same ``SimulatorState`` methods. Bad bodies answer 400 with a JSON
+error.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from worker.simulator.specs import SpecConflict, SpecError
+from worker.simulator.state import STATE_KEY
+
+__all__ = ["setup_control"]
+
+Handler = Callable[[web.Request], Awaitable[web.Response]]
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+async def _object_body(request: web.Request) -> dict[str, object]:
+    """The body as a JSON object; ``SpecError`` otherwise."""
+    try:
+        body = json.loads(await request.read() or b"{}")
+    except ValueError as exc:
+        raise SpecError(f"body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise SpecError("body must be a JSON object")
+    return body
+
+
+def _spec_errors(handler: Handler) -> Handler:
+    """Turn spec mistakes into 400/409 JSON answers instead of tracebacks."""
+
+    async def wrapped(request: web.Request) -> web.Response:
+        try:
+            return await handler(request)
+        except SpecConflict as exc:
+            return _error(409, str(exc))
+        except SpecError as exc:
+            return _error(400, str(exc))
+
+    return wrapped
+
+
+@_spec_errors
+async def create_cloudlayer_job(request: web.Request) -> web.Response:
+    """``POST /_sim/cloudlayer/jobs``: a job with full control over its timing, outcome and shape."""
+    job = request.app[STATE_KEY].add_cloudlayer_job(await _object_body(request))
+    return web.json_response(
+        {"id": job.id, "asset_id": job.asset_id, "seed": job.seed, "size": job.size, "ext": job.ext},
+        status=201,
+    )
+
+
+@_spec_errors
+async def add_fault(request: web.Request) -> web.Response:
+    """``POST /_sim/faults``."""
+    rule = request.app[STATE_KEY].faults.add(await _object_body(request))
+    return web.json_response({"id": rule.id}, status=201)
+
+
+async def list_faults(request: web.Request) -> web.Response:
+    """``GET /_sim/faults``: the active rules with how often each fired."""
+    return web.json_response([rule.to_json() for rule in request.app[STATE_KEY].faults.rules()])
+
+
+async def clear_faults(request: web.Request) -> web.Response:
+    """``DELETE /_sim/faults``."""
+    return web.json_response({"cleared": request.app[STATE_KEY].faults.clear()})
+
+
+async def delete_fault(request: web.Request) -> web.Response:
+    """``DELETE /_sim/faults/:id``."""
+    if not request.app[STATE_KEY].faults.remove(request.match_info["fault_id"]):
+        return _error(404, "no such fault rule")
+    return web.json_response({"cleared": 1})
+
+
+async def list_requests(request: web.Request) -> web.Response:
+    """``GET /_sim/requests[?route=files]``: every upstream request served, in arrival order."""
+    records = request.app[STATE_KEY].log.snapshot(request.query.get("route"))
+    return web.json_response([record.to_json() for record in records])
+
+
+async def clear_requests(request: web.Request) -> web.Response:
+    """``DELETE /_sim/requests``."""
+    request.app[STATE_KEY].log.clear()
+    return web.json_response({"cleared": True})
+
+
+async def reset(request: web.Request) -> web.Response:
+    """``POST /_sim/reset``: forget jobs, files, faults and the log."""
+    request.app[STATE_KEY].reset()
+    return web.json_response({"reset": True})
+
+
+def setup_control(app: web.Application) -> None:
+    """Mount the control API; route names start with ``sim.`` so the middleware neither logs nor faults them.
+
+    Methods on one path share the name: aiohttp then reuses the resource instead of adding an unnamed one.
+    """
+    router = app.router
+    router.add_post("/_sim/cloudlayer/jobs", create_cloudlayer_job, name="sim.cloudlayer_jobs")
+    router.add_post("/_sim/faults", add_fault, name="sim.faults")
+    router.add_get("/_sim/faults", list_faults, name="sim.faults")
+    router.add_delete("/_sim/faults", clear_faults, name="sim.faults")
+    router.add_delete("/_sim/faults/{fault_id}", delete_fault, name="sim.fault")
+    router.add_get("/_sim/requests", list_requests, name="sim.requests")
+    router.add_delete("/_sim/requests", clear_requests, name="sim.requests")
+    router.add_post("/_sim/reset", reset, name="sim.reset")

@@ -1,0 +1,155 @@
+"""Local-disk destination: temp file beside the target, fsync, atomic rename, fsync the directory.
+
+A reader of the destination sees either no file or the whole verified file, never a partial one:
+bytes go to ``.<name>.<token>.part`` in the same directory (same file system, so ``os.replace``
+is atomic), and the rename happens only after the transfer verified size and sha256.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+import aiofiles
+import structlog
+
+from worker.errors import StorageError, StorageRejected, StorageUnavailable
+
+log = structlog.get_logger("worker.sinks.file")
+
+TEMP_SUFFIX = ".part"
+
+# Errors that may go away by themselves (space freed, device back); everything else is a
+# configuration problem an operator must fix.
+_TRANSIENT_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EAGAIN, errno.EBUSY, errno.EMFILE}
+)
+
+
+def translate_os_error(exc: OSError, key: str) -> StorageError:
+    """Map an ``OSError`` to the exception tree (one boundary for every file operation)."""
+    detail = f"{key}: {exc.strerror or exc}"
+    if exc.errno in _TRANSIENT_ERRNOS:
+        return StorageUnavailable(f"cannot write {detail}", key=key, code="storage_unavailable")
+    return StorageRejected(f"cannot write {detail}", key=key, code="storage_rejected")
+
+
+class FileUpload:
+    """One asset being written to a temp file; see the module docstring."""
+
+    def __init__(self, key: str, final: Path, temp: Path, handle: Any) -> None:
+        self.key = key
+        self._final = final
+        self._temp = temp
+        self._handle = handle
+        self._closed = False
+        self._committed = False
+
+    async def write(self, chunk: bytes) -> None:
+        try:
+            await self._handle.write(chunk)
+        except OSError as exc:
+            raise translate_os_error(exc, self.key) from exc
+
+    async def restart(self) -> None:
+        try:
+            await self._handle.seek(0)
+            await self._handle.truncate()
+        except OSError as exc:
+            raise translate_os_error(exc, self.key) from exc
+
+    async def commit(self) -> str:
+        try:
+            await self._handle.flush()
+            # fsync before the rename: otherwise a crash can leave a renamed but empty file.
+            await asyncio.to_thread(os.fsync, self._handle.fileno())
+            await self._close()
+            await asyncio.to_thread(_replace_durably, self._temp, self._final)
+        except OSError as exc:
+            raise translate_os_error(exc, self.key) from exc
+        self._committed = True
+        return self._final.as_uri()
+
+    async def abort(self) -> None:
+        if self._committed:
+            return
+        with contextlib.suppress(OSError):
+            await self._close()
+        with contextlib.suppress(FileNotFoundError):
+            await asyncio.to_thread(self._temp.unlink)
+
+    async def _close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            await self._handle.close()
+
+
+def _replace_durably(temp: Path, final: Path) -> None:
+    os.replace(temp, final)
+    # The rename is durable only once the directory entry is on disk.
+    fd = os.open(final.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class FileSink:
+    """Publishes assets under ``root``; keys are relative POSIX paths from ``worker.naming``.
+
+    ``stale_temp_s``: when an upload starts, temp files of the same target untouched for longer
+    than this are removed. They belong to a worker that died mid-transfer (its lease expired, or
+    this worker would not hold the job now), so they can never be completed.
+    """
+
+    def __init__(self, root: Path, *, stale_temp_s: float = 600.0) -> None:
+        self.root = root.absolute()
+        self._stale_temp_s = stale_temp_s
+
+    def uri_for(self, key: str) -> str:
+        return self._final_path(key).as_uri()
+
+    async def open(self, key: str, *, content_type: str | None, expected_size: int | None) -> FileUpload:
+        final = self._final_path(key)
+        temp = final.with_name(f".{final.name}.{secrets.token_hex(6)}{TEMP_SUFFIX}")
+        try:
+            await asyncio.to_thread(self._prepare_dir, final)
+            handle = await aiofiles.open(temp, "xb")
+        except OSError as exc:
+            raise translate_os_error(exc, key) from exc
+        return FileUpload(key, final, temp, handle)
+
+    async def close(self) -> None:
+        return None
+
+    def _final_path(self, key: str) -> Path:
+        final = (self.root / key).absolute()
+        # Keys are sanitised by naming.render_key; this is the last line of defence.
+        if os.path.commonpath([self.root, final]) != str(self.root) or final == self.root:
+            raise StorageRejected(f"key {key!r} escapes the destination {self.root}", key=key)
+        return final
+
+    def _prepare_dir(self, final: Path) -> None:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        # A symlinked directory inside the root could still point elsewhere.
+        real_root = os.path.realpath(self.root)
+        real_parent = os.path.realpath(final.parent)
+        if os.path.commonpath([real_root, real_parent]) != real_root:
+            raise PermissionError(errno.EACCES, "destination directory resolves outside the root")
+        self._remove_stale_temps(final)
+
+    def _remove_stale_temps(self, final: Path) -> None:
+        cutoff = time.time() - self._stale_temp_s
+        for temp in final.parent.glob(f".{final.name}.*{TEMP_SUFFIX}"):
+            try:
+                if temp.stat().st_mtime < cutoff:
+                    temp.unlink()
+                    log.info("stale_temp_removed", path=str(temp))
+            except FileNotFoundError:
+                continue

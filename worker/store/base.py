@@ -1,0 +1,145 @@
+"""The store contract: the durable queue and ledger every backend implements.
+
+A job row moves through ``queued → polling → downloading → done | failed | canceled``. The
+schedule lives in the row (``due_at``), so nothing is held in memory between steps: a restarted
+worker picks up exactly where the last one stopped.
+
+Leases: a worker *claims* due jobs, which sets ``lease_owner`` and ``lease_expires_at``. While it
+holds the lease nobody else touches the job; a worker that dies simply stops renewing, and once
+``lease_expires_at`` has passed the job is claimable again. Every write made on behalf of a claim
+passes the ``owner`` and raises ``LeaseLost`` when the row is no longer leased to that owner, so a
+worker that lost its lease can never overwrite its successor's progress.
+
+All times are UNIX seconds (float) passed in by the caller: the store never reads a clock, which
+keeps schedules testable.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from worker.models import AssetRef, Job, JobError, JobKey, JobState, Receipt
+
+
+class Phase(enum.StrEnum):
+    """What a claim is for. Polls are cheap and many; transfers are heavy and few."""
+
+    POLL = "poll"  # jobs in state queued or polling
+    TRANSFER = "transfer"  # jobs in state downloading
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitResult:
+    job: Job
+    created: bool  # a new row was inserted
+    requeued: bool  # an existing final job was reset to queued (force)
+
+
+class Store(Protocol):
+    async def submit(self, key: JobKey, *, now: float, force: bool = False) -> SubmitResult:
+        """Insert a queued job due now, or return the existing one unchanged.
+
+        Concurrent submits of one key yield one row. With ``force``, an existing job in a final
+        state is reset to ``queued`` (error, polls, attempts, provider state and asset rows
+        cleared; ``submitted_at`` set to ``now``); a job still in progress is left alone.
+        """
+        ...
+
+    async def claim(self, *, owner: str, phase: Phase, now: float, lease_s: float, limit: int) -> list[Job]:
+        """Lease up to ``limit`` due jobs of ``phase``, earliest ``due_at`` first.
+
+        A job is claimable when its state belongs to the phase, ``due_at <= now`` and it has no
+        lease or its lease expired (``lease_expires_at <= now``). Claiming sets
+        ``lease_owner=owner``, ``lease_expires_at=now+lease_s``; for POLL it moves ``queued`` to
+        ``polling`` and sets ``polling_since=now`` when unset; for TRANSFER it increments
+        ``attempts``. Two concurrent claims never return the same job. Returned jobs carry their
+        asset records in position order.
+        """
+        ...
+
+    async def renew(self, key: JobKey, *, owner: str, now: float, lease_s: float) -> None:
+        """Extend the lease to ``now + lease_s``; ``LeaseLost`` if it is not ``owner``'s."""
+        ...
+
+    async def reschedule(
+        self,
+        key: JobKey,
+        *,
+        owner: str,
+        now: float,
+        due_at: float,
+        polls: int,
+        provider_state: dict[str, Any],
+    ) -> None:
+        """Still pending upstream: save the poll count and state, set ``due_at``, drop the lease."""
+        ...
+
+    async def mark_ready(
+        self,
+        key: JobKey,
+        *,
+        owner: str,
+        now: float,
+        assets: Sequence[AssetRef],
+        provider_state: dict[str, Any],
+    ) -> None:
+        """Upstream finished: store the asset set (in order) and move to ``downloading``, due now.
+
+        The poll that found the job finished is counted in ``polls``.
+        Asset rows already ``stored`` whose id is in the new set keep their receipt; every other
+        existing asset row of the job is replaced by the new set. The lease is dropped so a
+        transfer claim picks the job up.
+        """
+        ...
+
+    async def update_asset(self, key: JobKey, *, owner: str, ref: AssetRef) -> None:
+        """Replace an asset's source (fresh URL, expiry, published size/checksum)."""
+        ...
+
+    async def record_receipt(self, key: JobKey, *, owner: str, receipt: Receipt) -> None:
+        """Mark one asset ``stored`` with its receipt (once; a second call is a no-op)."""
+        ...
+
+    async def fail_asset(self, key: JobKey, *, owner: str, asset_id: str, error: JobError) -> None:
+        """Mark one asset ``failed`` with an error."""
+        ...
+
+    async def finish(
+        self, key: JobKey, *, owner: str, now: float, state: JobState, error: JobError | None = None
+    ) -> None:
+        """Move to a final state, set ``finished_at``, record the error, drop the lease."""
+        ...
+
+    async def retry_later(
+        self, key: JobKey, *, owner: str, now: float, due_at: float, error: JobError | None = None
+    ) -> None:
+        """Keep the state, set ``due_at``, remember the last error, drop the lease."""
+        ...
+
+    async def release(self, key: JobKey, *, owner: str, now: float) -> None:
+        """Drop the lease and make the job due now (shutdown); silent if not ``owner``'s.
+
+        An interrupted transfer gives back the attempt its claim counted: only crashes (leases
+        that simply expire) count against ``max_attempts``.
+        """
+        ...
+
+    async def get(self, keys: Sequence[JobKey]) -> list[Job]:
+        """The named jobs that exist, in the order asked, with their assets."""
+        ...
+
+    async def list_jobs(
+        self, *, states: Sequence[JobState] | None = None, limit: int | None = None
+    ) -> list[Job]:
+        """Jobs (optionally only these states), oldest submission first, with their assets."""
+        ...
+
+    async def unfinished(self) -> tuple[int, float | None]:
+        """How many jobs are not final, and the earliest moment one of them may be claimed
+        (``due_at`` or, if leased, ``lease_expires_at``, whichever is later); ``None`` if none."""
+        ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,430 @@
+"""The embedded store: one SQLite file, safe to share between the CLI and a running worker.
+
+Why these settings: WAL lets readers go on while one writer commits; ``busy_timeout`` makes a
+second process wait for the write lock instead of failing at once; and every read-then-write runs
+inside ``BEGIN IMMEDIATE``, which takes the write lock *before* the read, so two processes can never
+both see one job as due and both claim it. Within one process a single connection serves every
+task, so an ``asyncio.Lock`` keeps their transactions from interleaving on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sqlite3
+from collections.abc import AsyncIterator, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from worker.aio import shielded
+from worker.errors import ConfigError, LeaseLost
+from worker.models import AssetRecord, AssetRef, Job, JobError, JobKey, JobState, Receipt
+from worker.store import sqlite_schema
+from worker.store.base import Phase, SubmitResult
+from worker.store.sqlite_schema import asset_from_row, error_columns, job_from_row, opt_float, ref_columns
+
+BUSY_TIMEOUT_S = 10.0
+
+# Lists travel as one JSON parameter read through json_each(): no SQL is ever built from strings
+# and no list is too long for SQLite's parameter limit.
+_FINAL_STATES = json.dumps([s.value for s in JobState if s.is_final])
+_PHASE_STATES = {
+    Phase.POLL: json.dumps([JobState.QUEUED.value, JobState.POLLING.value]),
+    Phase.TRANSFER: json.dumps([JobState.DOWNLOADING.value]),
+}
+
+_SELECT_DUE = """
+    SELECT key FROM jobs
+    WHERE state IN (SELECT value FROM json_each(?)) AND due_at <= ?
+      AND (lease_expires_at IS NULL OR lease_expires_at <= ?)
+    ORDER BY due_at, submitted_at, key
+    LIMIT ?"""
+_CLAIM = {
+    Phase.POLL: """
+        UPDATE jobs SET lease_owner = ?, lease_expires_at = ?, updated_at = ?,
+            state = CASE WHEN state = 'queued' THEN 'polling' ELSE state END,
+            polling_since = COALESCE(polling_since, ?)
+        WHERE key IN (SELECT value FROM json_each(?))""",
+    Phase.TRANSFER: """
+        UPDATE jobs SET lease_owner = ?, lease_expires_at = ?, updated_at = ?,
+            attempts = attempts + 1
+        WHERE key IN (SELECT value FROM json_each(?))""",
+}
+# ON CONFLICT DO NOTHING makes concurrent submits of one key race safely: one insert wins.
+_INSERT = """
+    INSERT INTO jobs (key, provider, upstream_id, state, submitted_at, updated_at, due_at)
+    VALUES (?, ?, ?, 'queued', ?, ?, ?) ON CONFLICT (key) DO NOTHING"""
+_REQUEUE = """
+    UPDATE jobs SET state = 'queued', submitted_at = ?, updated_at = ?, due_at = ?,
+        finished_at = NULL, polling_since = NULL, polls = 0, attempts = 0,
+        error_code = NULL, error_message = NULL, lease_owner = NULL, lease_expires_at = NULL,
+        provider_state = '{}'
+    WHERE key = ? AND state IN (SELECT value FROM json_each(?))"""
+_UPSERT_ASSET = """
+    INSERT INTO assets (job_key, position, asset_id, url, expected_size, expected_sha256,
+                        content_type, ext, expires_at, state)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending')
+    ON CONFLICT (job_key, asset_id) DO UPDATE SET
+        position = excluded.position, url = excluded.url, expected_size = excluded.expected_size,
+        expected_sha256 = excluded.expected_sha256, content_type = excluded.content_type,
+        ext = excluded.ext, expires_at = excluded.expires_at"""
+
+
+class SqliteStore:
+    """The :class:`~worker.store.base.Store` on one SQLite file; create it with :meth:`open`."""
+
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self._db = db
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, path: Path) -> SqliteStore:
+        """Open (creating it and its directories if needed) and migrate the database at ``path``."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: the sqlite3 module opens no transactions behind our back, so the
+        # BEGIN IMMEDIATE in _transaction is the only one.
+        db = await aiosqlite.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_S)
+        try:
+            db.row_factory = sqlite3.Row
+            await _configure(db, path)
+            store = cls(db)
+            await store._migrate()
+        except BaseException:
+            await shielded(db.close())
+            raise
+        return store
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    # -- submission -------------------------------------------------------------------------
+
+    async def submit(self, key: JobKey, *, now: float, force: bool = False) -> SubmitResult:
+        k = str(key)
+        async with self._transaction() as db:
+            inserted = await _run(db, _INSERT, (k, key.provider, key.upstream_id, now, now, now))
+            created = inserted == 1
+            requeued = False
+            if not created and force:
+                requeued = await _run(db, _REQUEUE, (now, now, now, k, _FINAL_STATES)) == 1
+                if requeued:
+                    await _run(db, "DELETE FROM assets WHERE job_key = ?", (k,))
+            (job,) = await _load(db, [k])
+        return SubmitResult(job=job, created=created, requeued=requeued)
+
+    # -- claims and leases ------------------------------------------------------------------
+
+    async def claim(self, *, owner: str, phase: Phase, now: float, lease_s: float, limit: int) -> list[Job]:
+        if limit <= 0:
+            return []
+        async with self._transaction() as db:
+            rows = await db.execute_fetchall(_SELECT_DUE, (_PHASE_STATES[phase], now, now, limit))
+            keys = [str(row["key"]) for row in rows]
+            if not keys:
+                return []
+            lease = (owner, now + lease_s, now)
+            since = (now,) if phase is Phase.POLL else ()
+            await _run(db, _CLAIM[phase], (*lease, *since, json.dumps(keys)))
+            return await _load(db, keys)
+
+    async def renew(self, key: JobKey, *, owner: str, now: float, lease_s: float) -> None:
+        async with self._transaction() as db:
+            await _update_leased(db, key, owner, "UPDATE jobs SET lease_expires_at = ?", (now + lease_s,))
+
+    async def release(self, key: JobKey, *, owner: str, now: float) -> None:
+        async with self._transaction() as db:
+            # MIN keeps the job's place in the queue: it was already due when it was claimed.
+            # A transfer interrupted on purpose (shutdown) gives its attempt back; only crashes
+            # (no release) count against max_attempts.
+            await _run(
+                db,
+                """UPDATE jobs SET lease_owner = NULL, lease_expires_at = NULL,
+                       due_at = MIN(due_at, ?), updated_at = ?,
+                       attempts = CASE WHEN state = 'downloading' AND attempts > 0
+                                       THEN attempts - 1 ELSE attempts END
+                   WHERE key = ? AND lease_owner = ?""",
+                (now, now, str(key), owner),
+            )
+
+    # -- job progress -----------------------------------------------------------------------
+
+    async def reschedule(
+        self,
+        key: JobKey,
+        *,
+        owner: str,
+        now: float,
+        due_at: float,
+        polls: int,
+        provider_state: dict[str, Any],
+    ) -> None:
+        async with self._transaction() as db:
+            await _update_leased(
+                db,
+                key,
+                owner,
+                """UPDATE jobs SET due_at = ?, updated_at = ?, polls = ?, provider_state = ?,
+                       lease_owner = NULL, lease_expires_at = NULL""",
+                (due_at, now, polls, json.dumps(provider_state)),
+            )
+
+    async def mark_ready(
+        self,
+        key: JobKey,
+        *,
+        owner: str,
+        now: float,
+        assets: Sequence[AssetRef],
+        provider_state: dict[str, Any],
+    ) -> None:
+        ids = [ref.asset_id for ref in assets]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"job {key}: asset ids must be unique, got {ids!r}")
+        k = str(key)
+        async with self._transaction() as db:
+            await _update_leased(
+                db,
+                key,
+                owner,
+                """UPDATE jobs SET state = 'downloading', due_at = ?, updated_at = ?, provider_state = ?,
+                       polls = polls + 1, lease_owner = NULL, lease_expires_at = NULL""",
+                (now, now, json.dumps(provider_state)),
+            )
+            # Stored copies of assets still in the set are proven whole: keep them, re-fetch nothing.
+            await _run(
+                db,
+                """DELETE FROM assets WHERE job_key = ?
+                   AND (state != 'stored' OR asset_id NOT IN (SELECT value FROM json_each(?)))""",
+                (k, json.dumps(ids)),
+            )
+            rows = [(k, position, *ref_columns(ref)) for position, ref in enumerate(assets)]
+            async with db.executemany(_UPSERT_ASSET, rows):
+                pass
+
+    async def finish(
+        self, key: JobKey, *, owner: str, now: float, state: JobState, error: JobError | None = None
+    ) -> None:
+        if not state.is_final:
+            raise ValueError(f"finish() needs a final state, not {state.value!r}")
+        async with self._transaction() as db:
+            await _update_leased(
+                db,
+                key,
+                owner,
+                """UPDATE jobs SET state = ?, finished_at = ?, updated_at = ?, error_code = ?,
+                       error_message = ?, lease_owner = NULL, lease_expires_at = NULL""",
+                (state.value, now, now, *error_columns(error)),
+            )
+
+    async def retry_later(
+        self, key: JobKey, *, owner: str, now: float, due_at: float, error: JobError | None = None
+    ) -> None:
+        async with self._transaction() as db:
+            # Without a new error the previous one stays: it is still the last thing that went wrong.
+            await _update_leased(
+                db,
+                key,
+                owner,
+                """UPDATE jobs SET due_at = ?, updated_at = ?, error_code = COALESCE(?, error_code),
+                       error_message = COALESCE(?, error_message), lease_owner = NULL,
+                       lease_expires_at = NULL""",
+                (due_at, now, *error_columns(error)),
+            )
+
+    # -- assets -----------------------------------------------------------------------------
+
+    async def update_asset(self, key: JobKey, *, owner: str, ref: AssetRef) -> None:
+        async with self._transaction() as db:
+            await _check_leased(db, key, owner)
+            changed = await _run(
+                db,
+                """UPDATE assets SET url = ?, expected_size = ?, expected_sha256 = ?,
+                       content_type = ?, ext = ?, expires_at = ?
+                   WHERE job_key = ? AND asset_id = ?""",
+                (*ref_columns(ref)[1:], str(key), ref.asset_id),
+            )
+            if not changed:
+                raise KeyError(f"job {key} has no asset {ref.asset_id!r}")
+
+    async def record_receipt(self, key: JobKey, *, owner: str, receipt: Receipt) -> None:
+        k = str(key)
+        async with self._transaction() as db:
+            await _check_leased(db, key, owner)
+            changed = await _run(
+                db,
+                """UPDATE assets SET state = 'stored', uri = ?, size = ?, sha256 = ?,
+                       upstream_verified = ?, stored_at = ?, error_code = NULL, error_message = NULL
+                   WHERE job_key = ? AND asset_id = ? AND state != 'stored'""",
+                (
+                    receipt.uri,
+                    receipt.size,
+                    receipt.sha256,
+                    receipt.upstream_verified,
+                    receipt.stored_at,
+                    k,
+                    receipt.asset_id,
+                ),
+            )
+            if changed:
+                await _run(
+                    db,
+                    "UPDATE jobs SET updated_at = MAX(updated_at, ?) WHERE key = ?",
+                    (receipt.stored_at, k),
+                )
+            else:
+                await _check_asset_exists(db, key, receipt.asset_id)
+
+    async def fail_asset(self, key: JobKey, *, owner: str, asset_id: str, error: JobError) -> None:
+        async with self._transaction() as db:
+            await _check_leased(db, key, owner)
+            # A stored asset is proven whole; a late failure report must not throw its receipt away.
+            changed = await _run(
+                db,
+                """UPDATE assets SET state = 'failed', error_code = ?, error_message = ?
+                   WHERE job_key = ? AND asset_id = ? AND state != 'stored'""",
+                (*error_columns(error), str(key), asset_id),
+            )
+            if not changed:
+                await _check_asset_exists(db, key, asset_id)
+
+    # -- reading ----------------------------------------------------------------------------
+
+    async def get(self, keys: Sequence[JobKey]) -> list[Job]:
+        async with self._transaction(write=False) as db:
+            found = {str(job.key): job for job in await _load(db, [str(k) for k in keys])}
+        return [found[str(k)] for k in keys if str(k) in found]
+
+    async def list_jobs(
+        self, *, states: Sequence[JobState] | None = None, limit: int | None = None
+    ) -> list[Job]:
+        wanted = None if states is None else json.dumps([s.value for s in states])
+        async with self._transaction(write=False) as db:
+            rows = await db.execute_fetchall(
+                """SELECT key FROM jobs
+                   WHERE ? IS NULL OR state IN (SELECT value FROM json_each(?))
+                   ORDER BY submitted_at, key LIMIT ?""",
+                (wanted, wanted, -1 if limit is None else limit),
+            )
+            return await _load(db, [str(row["key"]) for row in rows])
+
+    async def unfinished(self) -> tuple[int, float | None]:
+        async with self._transaction(write=False) as db:
+            rows = await db.execute_fetchall(
+                """SELECT COUNT(*) AS n, MIN(MAX(due_at, COALESCE(lease_expires_at, due_at))) AS next
+                   FROM jobs WHERE state NOT IN (SELECT value FROM json_each(?))""",
+                (_FINAL_STATES,),
+            )
+            (row,) = rows
+        return int(row["n"]), opt_float(row["next"])
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self, *, write: bool = True) -> AsyncIterator[aiosqlite.Connection]:
+        """One transaction at a time on this connection; rolled back on any error or cancellation.
+
+        Writers take the write lock up front (IMMEDIATE); readers get a consistent snapshot of a
+        job and its assets without blocking anyone (DEFERRED, never upgraded to a write).
+        """
+        async with self._lock:
+            try:
+                # BEGIN is inside the try: cancelled while waiting for it, it still runs on the
+                # thread, and the rollback below must follow it.
+                await _run(self._db, "BEGIN IMMEDIATE" if write else "BEGIN DEFERRED")
+                yield self._db
+                await self._db.commit()
+            except BaseException:
+                # Statements run in order on aiosqlite's thread, so this rollback lands after
+                # whatever the cancelled await had queued; rollback() is a no-op once committed.
+                await shielded(self._db.rollback())
+                raise
+
+    async def _migrate(self) -> None:
+        """Bring the schema to the newest version, once, even if several processes start together."""
+        async with self._transaction() as db:
+            rows = await db.execute_fetchall("PRAGMA user_version")
+            version = int(next(iter(rows))[0])
+            # Read at call time, not import time, so a test can add a migration.
+            migrations = sqlite_schema.MIGRATIONS
+            if version > len(migrations):
+                raise ConfigError(
+                    f"the store has schema version {version}, newer than this asset-worker knows "
+                    f"({len(migrations)}); upgrade asset-worker"
+                )
+            for number, statements in enumerate(migrations[version:], start=version + 1):
+                for statement in statements:
+                    await _run(db, statement)
+                # PRAGMA takes no parameters; number is an int we computed.
+                await _run(db, f"PRAGMA user_version = {int(number)}")
+
+
+async def _configure(db: aiosqlite.Connection, path: Path) -> None:
+    await _run(db, f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+    rows = await db.execute_fetchall("PRAGMA journal_mode = WAL")
+    mode = str(next(iter(rows))[0]).lower()
+    if mode != "wal":
+        # Without WAL (e.g. on a network file system) concurrent CLI and worker access is unsafe.
+        raise ConfigError(f"cannot use {path} as a store: SQLite refused WAL mode (got {mode!r})")
+    await _run(db, "PRAGMA synchronous = NORMAL")
+    await _run(db, "PRAGMA foreign_keys = ON")
+
+
+async def _run(db: aiosqlite.Connection, sql: str, params: Iterable[Any] = ()) -> int:
+    """Execute one statement and return how many rows it changed."""
+    async with db.execute(sql, params) as cursor:
+        return cursor.rowcount
+
+
+async def _update_leased(
+    db: aiosqlite.Connection, key: JobKey, owner: str, assignments: str, params: tuple[Any, ...]
+) -> None:
+    """Run ``assignments`` (an ``UPDATE jobs SET ...`` without WHERE) on a job leased to ``owner``."""
+    sql = assignments + " WHERE key = ? AND lease_owner = ?"
+    if await _run(db, sql, (*params, str(key), owner)) != 1:
+        raise await _lease_lost(db, key, owner)
+
+
+async def _check_leased(db: aiosqlite.Connection, key: JobKey, owner: str) -> None:
+    rows = await db.execute_fetchall(
+        "SELECT 1 FROM jobs WHERE key = ? AND lease_owner = ?", (str(key), owner)
+    )
+    if not list(rows):
+        raise await _lease_lost(db, key, owner)
+
+
+async def _lease_lost(db: aiosqlite.Connection, key: JobKey, owner: str) -> LeaseLost:
+    rows = list(await db.execute_fetchall("SELECT lease_owner FROM jobs WHERE key = ?", (str(key),)))
+    if not rows:
+        return LeaseLost(f"job {key} does not exist (writer {owner!r})")
+    holder = rows[0]["lease_owner"]
+    held = "no lease" if holder is None else f"leased to {holder!r}"
+    return LeaseLost(f"job {key} is not leased to {owner!r} ({held})")
+
+
+async def _check_asset_exists(db: aiosqlite.Connection, key: JobKey, asset_id: str) -> None:
+    rows = await db.execute_fetchall(
+        "SELECT 1 FROM assets WHERE job_key = ? AND asset_id = ?", (str(key), asset_id)
+    )
+    if not list(rows):
+        raise KeyError(f"job {key} has no asset {asset_id!r}")
+
+
+async def _load(db: aiosqlite.Connection, keys: Sequence[str]) -> list[Job]:
+    """The jobs named by ``keys`` that exist, in that order, each with its assets by position."""
+    keys_json = json.dumps(list(keys))
+    job_rows = await db.execute_fetchall(
+        "SELECT * FROM jobs WHERE key IN (SELECT value FROM json_each(?))", (keys_json,)
+    )
+    asset_rows = await db.execute_fetchall(
+        """SELECT * FROM assets WHERE job_key IN (SELECT value FROM json_each(?))
+           ORDER BY job_key, position""",
+        (keys_json,),
+    )
+    assets: dict[str, list[AssetRecord]] = {}
+    for row in asset_rows:
+        assets.setdefault(str(row["job_key"]), []).append(asset_from_row(row))
+    jobs = {str(row["key"]): job_from_row(row, tuple(assets.get(str(row["key"]), ()))) for row in job_rows}
+    return [jobs[k] for k in keys if k in jobs]

@@ -1,0 +1,217 @@
+"""Stream one asset from its URL into a sink, hashing on the way, and commit only verified bytes.
+
+The body is read on the event loop while the previous chunk is hashed (in a thread: hashlib
+releases the GIL) and written (aiofiles, also a thread): receiving, hashing and writing overlap,
+and memory stays at about two chunks whatever the file size. A body that breaks off is resumed
+with ``Range`` when the file host supports it, so a reset near the end of a 1 GiB file does not
+cost the whole download again.
+
+No API key is ever sent here: asset URLs are pre-signed and usually live on another host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import aiohttp
+import structlog
+
+from worker.aio import shielded
+from worker.digest import Digest, verify
+from worker.errors import (
+    IncompleteTransfer,
+    SourceExpired,
+    UpstreamRejected,
+    UpstreamUnavailable,
+    strip_query,
+)
+from worker.models import AssetRef
+from worker.policy import is_expired_source_status, is_retryable_status
+from worker.sinks.base import Sink, Upload
+
+log = structlog.get_logger("worker.transfer")
+
+_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StoredCopy:
+    key: str
+    uri: str
+    size: int
+    sha256: str
+    upstream_verified: bool
+    resumes: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TransferOptions:
+    chunk_bytes: int = 1 << 20
+    max_resumes: int = 3
+
+
+class _BodyBroke(Exception):
+    """Internal: the body ended early after some bytes arrived; the caller may resume."""
+
+
+async def fetch_to_sink(
+    session: aiohttp.ClientSession,
+    ref: AssetRef,
+    sink: Sink,
+    *,
+    key_for: Callable[[str | None], str],
+    options: TransferOptions,
+    on_progress: Callable[[int], None] = lambda _n: None,
+) -> StoredCopy:
+    """Download ``ref.url`` into ``sink`` under ``key_for(content_type)``; verify, then commit.
+
+    Raises ``SourceExpired`` (403/404/410: refresh the URL), ``UpstreamUnavailable`` (429/5xx or
+    no connection), ``IncompleteTransfer`` or ``IntegrityError``. Whatever happens, nothing is left
+    under the key unless it verified.
+    """
+    digest = Digest()
+    upload: Upload | None = None
+    total: int | None = None
+    resumes = 0
+    try:
+        while True:
+            offset = digest.size
+            try:
+                async with session.get(ref.url, headers=_range_header(offset)) as resp:
+                    start, total = _check_response(resp, ref, offset)
+                    if upload is None:
+                        upload = await sink.open(
+                            key_for(resp.headers.get("Content-Type")),
+                            content_type=resp.headers.get("Content-Type"),
+                            expected_size=ref.expected_size,
+                        )
+                    if start != offset:
+                        # The host ignored our Range: start over rather than splice.
+                        await upload.restart()
+                        digest = Digest()
+                    await _pump(resp, upload, digest, options.chunk_bytes, on_progress)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                # Body errors became _BodyBroke in _pump; this one happened before any body byte
+                # arrived (connect, reset, headers): a transient failure of the file host.
+                raise UpstreamUnavailable(
+                    f"GET {strip_query(ref.url)}: {type(exc).__name__}: {exc}",
+                    url=ref.url,
+                    code="network_error",
+                ) from exc
+            except _BodyBroke as broke:
+                if resumes >= options.max_resumes or not _resumable(broke):
+                    raise IncompleteTransfer(
+                        f"body of {strip_query(ref.url)} broke off after {digest.size} bytes: {broke}",
+                        expected=total,
+                        actual=digest.size,
+                    ) from broke.__cause__
+                resumes += 1
+                log.info("transfer_resumed", url=strip_query(ref.url), offset=digest.size, resumes=resumes)
+                continue
+            break
+        sha256 = digest.hexdigest()
+        verified = verify(
+            size=digest.size,
+            sha256=sha256,
+            content_length=total,
+            expected_size=ref.expected_size,
+            expected_sha256=ref.expected_sha256,
+        )
+        assert upload is not None  # set on the first response
+        uri = await upload.commit()
+        return StoredCopy(
+            key=upload.key,
+            uri=uri,
+            size=digest.size,
+            sha256=sha256,
+            upstream_verified=verified,
+            resumes=resumes,
+        )
+    except BaseException:
+        if upload is not None:
+            await shielded(upload.abort())
+        raise
+
+
+def _range_header(offset: int) -> dict[str, str]:
+    return {"Range": f"bytes={offset}-"} if offset else {}
+
+
+def _resumable(broke: _BodyBroke) -> bool:
+    return bool(broke.args and broke.args[0] == "resumable")
+
+
+def _check_response(resp: aiohttp.ClientResponse, ref: AssetRef, offset: int) -> tuple[int, int | None]:
+    """Classify the file host's answer; return (first byte offset of the body, full size if known)."""
+    url = strip_query(ref.url)
+    status = resp.status
+    if status in (200, 206):
+        length = resp.content_length
+        if status == 200:
+            return 0, length
+        match = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
+        if match is None:
+            raise IncompleteTransfer(f"{url}: 206 without a usable Content-Range")
+        whole = None if match.group(3) == "*" else int(match.group(3))
+        return int(match.group(1)), whole
+    if is_expired_source_status(status):
+        raise SourceExpired(
+            f"file host answered {status} for {url}: the URL expired or the asset was replaced"
+        )
+    if status == 416 and offset:
+        raise IncompleteTransfer(f"{url}: 416 on resume at byte {offset}", actual=offset)
+    if is_retryable_status(status):
+        raise UpstreamUnavailable(f"file host answered {status} for {url}", url=ref.url, status=status)
+    raise UpstreamRejected(
+        f"file host answered {status} for {url}", url=ref.url, status=status, code="source_rejected"
+    )
+
+
+async def _pump(
+    resp: aiohttp.ClientResponse,
+    upload: Upload,
+    digest: Digest,
+    chunk_bytes: int,
+    on_progress: Callable[[int], None],
+) -> None:
+    """Copy the body into ``upload`` and ``digest``, overlapping the network with hash and write."""
+
+    async def consume(data: bytes) -> None:
+        await asyncio.gather(asyncio.to_thread(digest.update, data), upload.write(data))
+        on_progress(len(data))
+
+    pending: asyncio.Task[None] | None = None
+    buffer = bytearray()
+    try:
+        try:
+            async for piece in resp.content.iter_chunked(chunk_bytes):
+                buffer += piece
+                if len(buffer) >= chunk_bytes:
+                    data = bytes(buffer)
+                    buffer.clear()
+                    if pending is not None:
+                        await pending
+                    pending = asyncio.create_task(consume(data))
+        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
+            # Keep what did arrive: it is written and hashed below, then the caller resumes.
+            accept_ranges = resp.headers.get("Accept-Ranges", "").lower() == "bytes"
+            if buffer:
+                if pending is not None:
+                    await pending
+                pending = asyncio.create_task(consume(bytes(buffer)))
+                buffer.clear()
+            raise _BodyBroke("resumable" if accept_ranges else "not resumable", str(exc)) from exc
+        if buffer:
+            if pending is not None:
+                await pending
+            pending = asyncio.create_task(consume(bytes(buffer)))
+        if pending is not None:
+            await pending
+            pending = None
+    finally:
+        if pending is not None and not pending.done():
+            # Never leave a thread writing into a file that is about to be removed.
+            await shielded(pending)

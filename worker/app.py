@@ -50,7 +50,7 @@ async def open_worker(
             providers: dict[str, Provider] = {
                 "cloudlayer": CloudlayerProvider(http, settings.cloudlayer, settings.poll),
             }
-            sink = FileSink(dest_path(settings.dest_url), stale_temp_s=settings.lease_s)
+            sink = FileSink(dest_path(settings.dest_url))
             engine = Engine(
                 store=store,
                 providers=providers,

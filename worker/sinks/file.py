@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import glob
 import os
 import secrets
-import time
 from pathlib import Path
 from typing import Any
 
@@ -103,14 +103,14 @@ def _replace_durably(temp: Path, final: Path) -> None:
 class FileSink:
     """Publishes assets under ``root``; keys are relative POSIX paths from ``worker.naming``.
 
-    ``stale_temp_s``: when an upload starts, temp files of the same target untouched for longer
-    than this are removed. They belong to a worker that died mid-transfer (its lease expired, or
-    this worker would not hold the job now), so they can never be completed.
+    When an upload starts, other temp files of the same target are removed. The caller holds the
+    job's lease, so any such file belongs to a worker that died or lost the lease mid-transfer and
+    can never be completed. (An age threshold instead would race with the dead worker's last
+    writes.)
     """
 
-    def __init__(self, root: Path, *, stale_temp_s: float = 600.0) -> None:
+    def __init__(self, root: Path) -> None:
         self.root = root.absolute()
-        self._stale_temp_s = stale_temp_s
 
     def uri_for(self, key: str) -> str:
         return self._final_path(key).as_uri()
@@ -142,14 +142,10 @@ class FileSink:
         real_parent = os.path.realpath(final.parent)
         if os.path.commonpath([real_root, real_parent]) != real_root:
             raise PermissionError(errno.EACCES, "destination directory resolves outside the root")
-        self._remove_stale_temps(final)
+        self._remove_orphaned_temps(final)
 
-    def _remove_stale_temps(self, final: Path) -> None:
-        cutoff = time.time() - self._stale_temp_s
-        for temp in final.parent.glob(f".{final.name}.*{TEMP_SUFFIX}"):
-            try:
-                if temp.stat().st_mtime < cutoff:
-                    temp.unlink()
-                    log.info("stale_temp_removed", path=str(temp))
-            except FileNotFoundError:
-                continue
+    def _remove_orphaned_temps(self, final: Path) -> None:
+        for temp in final.parent.glob(f".{glob.escape(final.name)}.*{TEMP_SUFFIX}"):
+            with contextlib.suppress(FileNotFoundError):
+                temp.unlink()
+                log.info("orphaned_temp_removed", path=str(temp))

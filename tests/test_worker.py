@@ -345,3 +345,21 @@ async def test_logs_one_job_finished_per_job_without_secrets(
     text = repr(events)
     assert sim.api_key not in text
     assert "X-Amz-Signature" not in text
+
+
+async def test_downloads_and_polls_do_not_block_each_other(
+    sim: Simulator, make_settings: SettingsFactory
+) -> None:
+    """With the only transfer slot busy on a large file, other jobs are still polled to readiness."""
+    big = sim.add_cloudlayer_job(id="big", pending_s=0, size=400 * 1024 * 1024)
+    small = [sim.add_cloudlayer_job(id=f"s{i}", pending_s=0.2, size=10_000) for i in range(3)]
+    settings = make_settings(concurrency=1, poll_concurrency=4)
+    with capture_logs() as events:
+        jobs = await run_jobs(settings, ["cloudlayer:big", *(f"cloudlayer:{j.id}" for j in small)])
+    assert all(j.state is JobState.DONE for j in jobs)
+    order = [(e["event"], e.get("job")) for e in events if e["event"] in ("job_ready", "job_finished")]
+    big_done = order.index(("job_finished", "cloudlayer:big"))
+    for job in small:
+        # Each small job was polled to readiness while the big download held the only slot.
+        assert order.index(("job_ready", f"cloudlayer:{job.id}")) < big_done
+    assert big.size == jobs[0].assets[0].receipt.size  # type: ignore[union-attr]

@@ -50,7 +50,7 @@ def test_environment_and_overrides() -> None:
         ({"ASSET_WORKER_POLL_INITIAL_S": "5", "ASSET_WORKER_POLL_MAX_S": "1"}, "POLL_MAX_S"),
         ({"ASSET_WORKER_STORE": "mysql://x"}, "unsupported store"),
         ({"ASSET_WORKER_DEST": "ftp://x/y"}, "unsupported scheme"),
-        ({"ASSET_WORKER_PATH_TEMPLATE": "{job}.{ext}"}, "{asset}"),
+        ({"ASSET_WORKER_PATH_TEMPLATE": "{job}.{ext}"}, "asset"),
         ({"CLOUDLAYER_API_VERSION": "v3"}, "v1 or v2"),
         ({"CLOUDLAYER_BASE_URL": "api.cloudlayer.io"}, "http"),
         ({"ASSET_WORKER_LOG_LEVEL": "loud"}, "LOG_LEVEL"),

@@ -59,11 +59,12 @@ def test_long_ids_are_bounded() -> None:
 @pytest.mark.parametrize(
     ("template", "message"),
     [
-        ("{provider}/{job}.{ext}", "{asset}"),
-        ("{provider}/{nope}/{asset}", "unknown"),
-        ("/abs/{asset}", "relative"),
-        ("../{asset}", "unsafe"),
-        ("a//{asset}", "unsafe"),
+        ("{provider}/{job}.{ext}", "asset"),
+        ("{provider}/{asset}.{ext}", "job"),
+        ("{provider}/{nope}/{job}/{asset}", "unknown"),
+        ("/abs/{job}/{asset}", "relative"),
+        ("../{job}/{asset}", "unsafe"),
+        ("a//{job}/{asset}", "unsafe"),
     ],
 )
 def test_bad_templates_are_refused(template: str, message: str) -> None:

@@ -12,7 +12,13 @@ import aiohttp
 import pytest
 
 from worker.config import HttpSettings
-from worker.errors import IncompleteTransfer, IntegrityError, SourceExpired, StorageRejected
+from worker.errors import (
+    IncompleteTransfer,
+    IntegrityError,
+    SourceExpired,
+    StorageRejected,
+    UpstreamUnavailable,
+)
 from worker.httpclient import new_session
 from worker.models import AssetRef
 from worker.simulator.app import Simulator
@@ -200,3 +206,80 @@ async def test_resume_ignored_by_server_restarts_cleanly(
     assert "range" in calls[1]
     assert copy.sha256 == hashlib.sha256(body).hexdigest()
     assert (tmp_path / "p/j/a1.bin").read_bytes() == body
+
+
+async def test_resume_sends_if_range_and_refuses_a_misplaced_piece(
+    session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """A resume names the file it continues (If-Range), and a 206 that does not continue exactly at
+    the requested offset is refused rather than spliced; the retry then fetches the whole file."""
+    body = content_bytes(9, 3_000_000)
+    calls: list[dict[str, str]] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        headers = await read_request(reader)
+        calls.append(headers)
+        if len(calls) == 1:
+            head = f'HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\nAccept-Ranges: bytes\r\nETag: "v1"\r\n'
+            head += "\r\n"
+            writer.write(head.encode() + body[:1_500_000])
+        else:
+            # Claims to continue, but from the wrong place.
+            start = 1000
+            head = (
+                f"HTTP/1.1 206 Partial Content\r\nContent-Length: {len(body) - start}\r\n"
+                f"Content-Range: bytes {start}-{len(body) - 1}/{len(body)}\r\n\r\n"
+            )
+            writer.write(head.encode() + body[start:])
+        await writer.drain()
+        writer.close()
+
+    async with raw_server(handler) as url:
+        with pytest.raises(IncompleteTransfer):
+            await fetch(session, url, tmp_path)
+    assert calls[1]["if-range"] == '"v1"'
+    assert calls[1]["range"].startswith("bytes=") and calls[1]["accept-encoding"] == "identity"
+    assert leftovers(tmp_path) == []
+
+
+async def test_resume_refuses_a_piece_of_a_different_size_file(
+    session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """A 206 whose total differs from the first response's length is another file: refused."""
+    body = content_bytes(11, 3_000_000)
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        headers = await read_request(reader)
+        if "range" not in headers:
+            head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\nAccept-Ranges: bytes\r\n\r\n"
+            writer.write(head.encode() + body[:1_500_000])
+        else:
+            start = int(headers["range"].removeprefix("bytes=").rstrip("-"))
+            total = len(body) + 10
+            head = (
+                f"HTTP/1.1 206 Partial Content\r\nContent-Length: {total - start}\r\n"
+                f"Content-Range: bytes {start}-{total - 1}/{total}\r\n\r\n"
+            )
+            writer.write(head.encode() + (body + b"x" * 10)[start:])
+        await writer.drain()
+        writer.close()
+
+    async with raw_server(handler) as url:
+        with pytest.raises(IncompleteTransfer, match="Content-Range"):
+            await fetch(session, url, tmp_path)
+    assert leftovers(tmp_path) == []
+
+
+async def test_file_host_retry_after_is_carried(session: aiohttp.ClientSession, tmp_path: Path) -> None:
+    """A 503 from the file host with Retry-After reports how long to wait."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 30\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    async with raw_server(handler) as url:
+        with pytest.raises(UpstreamUnavailable) as caught:
+            await fetch(session, url, tmp_path)
+    assert caught.value.retry_after_s == 30

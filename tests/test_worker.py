@@ -16,6 +16,7 @@ from structlog.testing import capture_logs
 from tests.conftest import RecordingSleep, SettingsFactory
 from worker.app import open_worker
 from worker.config import CloudlayerSettings, Settings
+from worker.lease import Lease, Progress
 from worker.models import Job, JobError, JobKey, JobState
 from worker.simulator.app import Simulator
 from worker.simulator.content import content_sha256
@@ -243,12 +244,16 @@ async def test_real_url_expiry_is_refreshed(sim: Simulator, make_settings: Setti
             (claimed,) = await worker.store.claim(
                 owner="t", phase=_poll_phase(), now=time.time(), lease_s=5, limit=1
             )
-            await worker.engine.poll(claimed, owner="t", touch=lambda: None)
+            await worker.engine.poll(claimed, Lease("t", Progress(time.time), _no_fence))
         sim.state.clock = lambda: time.time() + 120
         await asyncio.wait_for(worker.runner.run(stop=asyncio.Event(), until_idle=True), 30)
         (job,) = await worker.store.get([key])
     assert_verified(job, sim_job.seed, sim_job.size)
     assert [r.status for r in sim.requests("files")] == [403, 200]
+
+
+async def _no_fence() -> None:
+    return None
 
 
 def _poll_phase() -> Any:
@@ -363,3 +368,87 @@ async def test_downloads_and_polls_do_not_block_each_other(
         # Each small job was polled to readiness while the big download held the only slot.
         assert order.index(("job_ready", f"cloudlayer:{job.id}")) < big_done
     assert big.size == jobs[0].assets[0].receipt.size  # type: ignore[union-attr]
+
+
+async def test_lease_expiring_in_flight_is_fenced(
+    sim: Simulator, make_settings: SettingsFactory, tmp_path: Path
+) -> None:
+    """A transfer stuck longer than its lease loses the job to a fresh claim; the job still ends with
+    exactly one verified copy and no temp file."""
+    sim_job = sim.add_cloudlayer_job(id="stuck-socket", pending_s=0, size=2_000_000)
+    sim.add_fault(route="files", kind="stall", delay_s=1.5, count=1)
+    with capture_logs() as events:
+        (job,) = await run_jobs(make_settings(lease_s=0.5), ["cloudlayer:stuck-socket"])
+    assert_verified(job, sim_job.seed, sim_job.size)
+    assert any(e["event"] == "lease_expired_in_flight" for e in events)
+    assert [p for p in (tmp_path / "assets").rglob("*") if p.is_file()] == [stored_path(job)]
+    assert sum(e["event"] == "job_finished" for e in events) == 1
+
+
+async def test_api_redirect_is_not_followed_with_the_key(
+    sim: Simulator, make_settings: SettingsFactory
+) -> None:
+    """An API answer redirecting elsewhere fails the job instead of sending the API key to another host."""
+    sim.add_cloudlayer_job(id="moved", pending_s=0)
+
+    async def redirect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(
+            f"HTTP/1.1 302 Found\r\nLocation: {sim.url}/v2/jobs/moved\r\nContent-Length: 0\r\n\r\n".encode()
+        )
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(redirect, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        settings = make_settings(
+            cloudlayer=CloudlayerSettings(api_key=sim.api_key, base_url=f"http://127.0.0.1:{port}")
+        )
+        (job,) = await run_jobs(settings, ["cloudlayer:moved"])
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert job.state is JobState.FAILED and job.error is not None
+    assert job.error.code == "unexpected_redirect"
+    assert sim.requests("cloudlayer.job") == []
+
+
+async def test_locked_store_is_waited_out(
+    sim: Simulator, make_settings: SettingsFactory, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A store locked by another process for longer than the busy timeout pauses the worker, which
+    reports it and carries on once the lock is gone."""
+    import sqlite3
+    import threading
+
+    import worker.store.sqlite as sqlite_store
+
+    monkeypatch.setattr(sqlite_store, "BUSY_TIMEOUT_S", 0.2)
+    sim_job = sim.add_cloudlayer_job(id="locked", pending_s=0.3)
+    settings = make_settings()
+    release = threading.Event()
+
+    def hold_lock(locked: threading.Event) -> None:
+        conn = sqlite3.connect(tmp_path / "store.db", isolation_level=None)
+        conn.execute("BEGIN IMMEDIATE")
+        locked.set()
+        release.wait(10)
+        conn.execute("ROLLBACK")
+        conn.close()
+
+    async with open_worker(settings) as worker:
+        await worker.store.submit(JobKey.parse("cloudlayer:locked"), now=time.time())
+        with capture_logs() as events:
+            run = asyncio.create_task(worker.runner.run(stop=asyncio.Event(), until_idle=True))
+            locked = threading.Event()
+            holder = threading.Thread(target=hold_lock, args=(locked,))
+            holder.start()
+            await asyncio.to_thread(locked.wait, 5)
+            await asyncio.sleep(1.0)
+            release.set()
+            await asyncio.to_thread(holder.join, 5)
+            await asyncio.wait_for(run, 30)
+        (job,) = await worker.store.get([JobKey.parse("cloudlayer:locked")])
+    assert_verified(job, sim_job.seed, sim_job.size)
+    assert any(e["event"] == "store_unavailable" for e in events)

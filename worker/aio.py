@@ -8,14 +8,28 @@ from typing import Any, TypeVar
 
 import structlog
 
+from worker.errors import describe
+
 T = TypeVar("T")
 log = structlog.get_logger("worker.aio")
 
 
+# Cleanups still running after their caller gave up on them (a second cancellation): whoever
+# closes the resources they need (the store, the session) waits for them first.
+_pending_cleanups: set[asyncio.Future[Any]] = set()
+
+
 def _retrieve(task: asyncio.Future[Any]) -> None:
+    _pending_cleanups.discard(task)
     # A cleanup that outlived a second cancellation still has its failure logged, not lost.
     if not task.cancelled() and task.exception() is not None:
-        log.warning("cleanup_failed", error=repr(task.exception()))
+        log.warning("cleanup_failed", error=describe(task.exception() or Exception()))
+
+
+async def finish_cleanups(timeout_s: float) -> None:
+    """Wait (bounded) for cleanups left running by an impatient cancellation."""
+    if _pending_cleanups:
+        await asyncio.wait(set(_pending_cleanups), timeout=timeout_s)
 
 
 async def shielded(aw: Awaitable[T]) -> T:
@@ -26,6 +40,7 @@ async def shielded(aw: Awaitable[T]) -> T:
     leaving the cleanup running in the background.
     """
     task = asyncio.ensure_future(aw)
+    _pending_cleanups.add(task)
     task.add_done_callback(_retrieve)
     try:
         return await asyncio.shield(task)

@@ -7,10 +7,12 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+from worker.aio import finish_cleanups
 from worker.clock import Clock, SystemClock
 from worker.config import Settings, dest_path
 from worker.engine import Engine, EngineSettings
-from worker.httpclient import HttpClient, Sleep, new_session
+from worker.httpclient import HttpClient, new_session
+from worker.lease import Sleep
 from worker.policy import Backoff
 from worker.providers.base import Provider
 from worker.providers.cloudlayer import CloudlayerProvider
@@ -84,7 +86,11 @@ async def open_worker(
                 ),
                 clock=clock,
             )
-            yield Worker(settings, store, engine, runner)
-            await sink.close()
+            try:
+                yield Worker(settings, store, engine, runner)
+            finally:
+                # Releases and aborts interrupted by a second signal still need the store.
+                await finish_cleanups(timeout_s=5.0)
+                await sink.close()
     finally:
         await store.close()

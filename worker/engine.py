@@ -26,8 +26,16 @@ import aiohttp
 import structlog
 
 from worker.clock import Clock
-from worker.errors import InvalidJob, SourceExpired, UpstreamRejected, UpstreamUnavailable, WorkerError
-from worker.httpclient import Sleep
+from worker.errors import (
+    InvalidJob,
+    LeaseLost,
+    SourceExpired,
+    StoreUnavailable,
+    UpstreamRejected,
+    UpstreamUnavailable,
+    WorkerError,
+)
+from worker.lease import Lease, Sleep, deliberate_sleep
 from worker.models import (
     AssetRecord,
     AssetRef,
@@ -48,8 +56,6 @@ from worker.store.base import Store
 from worker.transfer import TransferOptions, fetch_to_sink
 
 log = structlog.get_logger("worker.engine")
-
-Touch = Callable[[], None]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -85,8 +91,9 @@ class Engine:
 
     # -- polling ------------------------------------------------------------------------------
 
-    async def poll(self, job: Job, *, owner: str, touch: Touch) -> bool:
+    async def poll(self, job: Job, lease: Lease) -> bool:
         """Poll once. Returns True when the job became ready for transfer."""
+        owner = lease.token
         now = self._clock.now()
         started = job.polling_since if job.polling_since is not None else now
         deadline_at = started + self._settings.poll_deadline_s
@@ -105,13 +112,13 @@ class Engine:
             if not exc.retryable:
                 raise
             # The request-level retries gave up; the poll schedule decides when to try again.
-            await self._reschedule(job, owner, now, deadline_at, {"last_error": exc.code})
+            await self._reschedule(job, owner, deadline_at, {"last_error": exc.code})
             log.warning("job_poll_failed", job=str(job.key), error=exc.code, message=exc.message)
             return False
-        touch()
+        lease.touch()
         match outcome:
             case Pending(status=status, provider_state=state):
-                await self._reschedule(job, owner, now, deadline_at, {**state, "last_status": status})
+                await self._reschedule(job, owner, deadline_at, {**state, "last_status": status})
                 log.debug("job_polled", job=str(job.key), status=status, polls=job.polls + 1)
                 return False
             case Ready(assets=assets, provider_state=state):
@@ -133,9 +140,10 @@ class Engine:
                 return False
         raise AssertionError(f"unexpected poll outcome {outcome!r}")  # pragma: no cover
 
-    async def _reschedule(
-        self, job: Job, owner: str, now: float, deadline_at: float, state: dict[str, object]
-    ) -> None:
+    async def _reschedule(self, job: Job, owner: str, deadline_at: float, state: dict[str, object]) -> None:
+        # The clock is read after the poll: its request retries may have taken minutes, and the
+        # next poll must still wait a whole delay from now.
+        now = self._clock.now()
         delay = self._provider(job).poll_backoff.delay(job.polls, self._rand)
         # Never sleep past the deadline: the next claim then fails the job on time.
         due_at = min(now + delay, deadline_at)
@@ -145,8 +153,9 @@ class Engine:
 
     # -- transfer -----------------------------------------------------------------------------
 
-    async def transfer(self, job: Job, *, owner: str, touch: Touch) -> None:
+    async def transfer(self, job: Job, lease: Lease) -> None:
         """Store every pending asset of a ``downloading`` job, then finish it."""
+        owner = lease.token
         if job.attempts > self._settings.max_attempts:
             error = job.error or JobError("too_many_attempts", "the job was interrupted too often")
             await self._finish(job, owner, JobState.FAILED, error)
@@ -158,18 +167,19 @@ class Engine:
             if record.state is AssetState.FAILED:
                 first_error = first_error or record.error
                 continue
-            asset_error = await self._store_asset(job, record, owner=owner, touch=touch)
+            asset_error = await self._store_asset(job, record, lease)
             first_error = first_error or asset_error
         if first_error is not None:
             await self._finish(job, owner, JobState.FAILED, first_error)
         else:
             await self._finish(job, owner, JobState.DONE, None)
 
-    async def _store_asset(
-        self, job: Job, record: AssetRecord, *, owner: str, touch: Touch
-    ) -> JobError | None:
+    async def _store_asset(self, job: Job, record: AssetRecord, lease: Lease) -> JobError | None:
+        owner = lease.token
         try:
-            receipt = await self._fetch_with_retries(job, record.ref, owner=owner, touch=touch)
+            receipt = await self._fetch_with_retries(job, record.ref, lease)
+        except (LeaseLost, StoreUnavailable):
+            raise  # not the asset's fault: the runner decides what happens to the job
         except WorkerError as exc:
             error = JobError(exc.code, exc.message)
             await self._store.fail_asset(job.key, owner=owner, asset_id=record.ref.asset_id, error=error)
@@ -193,7 +203,7 @@ class Engine:
         )
         return None
 
-    async def _fetch_with_retries(self, job: Job, ref: AssetRef, *, owner: str, touch: Touch) -> Receipt:
+    async def _fetch_with_retries(self, job: Job, ref: AssetRef, lease: Lease) -> Receipt:
         provider = self._provider(job)
         attempts = self._settings.max_attempts
         needs_refresh = False
@@ -201,7 +211,7 @@ class Engine:
             try:
                 if needs_refresh:
                     ref = await provider.refresh(job, ref)
-                    await self._store.update_asset(job.key, owner=owner, ref=ref)
+                    await self._store.update_asset(job.key, owner=lease.token, ref=ref)
                     needs_refresh = False
                 copy = await fetch_to_sink(
                     self._session,
@@ -209,7 +219,9 @@ class Engine:
                     self._sink,
                     key_for=functools.partial(self._key, job, ref),
                     options=self._settings.transfer,
-                    on_progress=lambda _n: touch(),
+                    on_progress=lambda _n: lease.touch(),
+                    before_commit=lease.confirm,
+                    wall_clock=self._clock.now,
                 )
             except WorkerError as exc:
                 if not exc.retryable or attempt == attempts:
@@ -226,7 +238,7 @@ class Engine:
                     # A fresh URL is worth trying at once; waiting would not make the old one work.
                     needs_refresh = True
                     continue
-                await self._pause(exc, attempt, touch)
+                await self._pause(exc, attempt)
                 continue
             return Receipt(
                 asset_id=ref.asset_id,
@@ -238,14 +250,12 @@ class Engine:
             )
         raise AssertionError("unreachable: the last attempt returns or raises")  # pragma: no cover
 
-    async def _pause(self, exc: WorkerError, attempt: int, touch: Touch) -> None:
+    async def _pause(self, exc: WorkerError, attempt: int) -> None:
         """Back off before the next attempt (the server's ``Retry-After`` when it gave one)."""
         delay = self._settings.retry_backoff.delay(attempt - 1, self._rand)
         if isinstance(exc, UpstreamUnavailable) and exc.retry_after_s is not None:
             delay = exc.retry_after_s
-        touch()
-        await self._sleep(delay)
-        touch()
+        await deliberate_sleep(self._sleep, delay)
 
     def _key(self, job: Job, ref: AssetRef, content_type: str | None) -> str:
         ext = choose_ext(hint=ref.ext, url=ref.url, content_type=content_type)
@@ -266,9 +276,11 @@ class Engine:
         return provider
 
     async def _finish(self, job: Job, owner: str, state: JobState, error: JobError | None) -> None:
+        # Read what was stored while the lease is still held; after finish() the job is no
+        # longer this worker's to look at.
+        (finished,) = await self._store.get([job.key])
         now = self._clock.now()
         await self._store.finish(job.key, owner=owner, now=now, state=state, error=error)
-        finished = (await self._store.get([job.key]))[0]
         stored = [a.receipt for a in finished.assets if a.receipt is not None]
         log.info(
             "job_finished",

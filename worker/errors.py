@@ -15,6 +15,7 @@
     ├── StorageError (.key)
     │   ├── StorageUnavailable             disk full, I/O error, S3 throttling → retry
     │   └── StorageRejected                permission denied, no bucket → failed
+    ├── StoreUnavailable                   the job store cannot be reached or is locked → retry
     └── LeaseLost                          the job was taken over; the old owner stops
 
 Whether an error is worth retrying is a class attribute (``retryable``), never read from message
@@ -23,7 +24,10 @@ text. Every error carries a stable snake_case ``code`` that ends up in the statu
 
 from __future__ import annotations
 
+import re
 from urllib.parse import urlsplit, urlunsplit
+
+_URL_WITH_QUERY = re.compile(r"\bhttps?://[^\s'\"<>]+\?[^\s'\"<>]*")
 
 
 def strip_query(url: str) -> str:
@@ -37,6 +41,20 @@ def strip_query(url: str) -> str:
     except ValueError:
         return "<unparseable url>"
     return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+
+
+def strip_queries(text: str) -> str:
+    """``text`` with the query string of every URL in it removed."""
+    return _URL_WITH_QUERY.sub(lambda m: strip_query(m.group(0)), text)
+
+
+def describe(exc: BaseException) -> str:
+    """A foreign exception as text safe to log or store: its type and message, URL queries removed.
+
+    Never ``repr()``: aiohttp's exceptions carry the request, headers (API keys) included.
+    """
+    text = str(exc)
+    return f"{type(exc).__name__}: {strip_queries(text)}" if text else type(exc).__name__
 
 
 class WorkerError(Exception):
@@ -160,6 +178,13 @@ class StorageRejected(StorageError):
     """The destination refuses us for good: permissions, missing bucket, bad credentials."""
 
     code = "storage_rejected"
+
+
+class StoreUnavailable(WorkerError):
+    """The job store failed (locked, unreachable, I/O error); try again shortly."""
+
+    code = "store_unavailable"
+    retryable = True
 
 
 class LeaseLost(WorkerError):

@@ -9,10 +9,11 @@ chose. Callers above this module never see an aiohttp exception from an API call
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,12 +22,12 @@ import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
 from worker.config import HttpSettings
-from worker.errors import UpstreamRejected, UpstreamUnavailable, strip_query
+from worker.errors import UpstreamRejected, UpstreamUnavailable, describe, strip_query
+from worker.lease import Sleep, current_progress, deliberate_sleep
 from worker.policy import Backoff, is_retryable_status, parse_retry_after
 
 log = structlog.get_logger("worker.http")
 
-Sleep = Callable[[float], Awaitable[None]]
 # (status, body bytes) -> (code, message): how a vendor spells its errors.
 ErrorReader = Callable[[int, bytes], tuple[str, str]]
 # Called once per retry with (reason, delay); metrics hook in here.
@@ -115,7 +116,7 @@ class HttpClient:
             stop=stop_after_attempt(attempts or self._settings.request_attempts),
             retry=retry_if_exception_type(UpstreamUnavailable),
             wait=self._wait,
-            sleep=self._sleep,
+            sleep=functools.partial(deliberate_sleep, self._sleep),
             before_sleep=self._before_sleep,
             reraise=True,
         )
@@ -151,14 +152,23 @@ class HttpClient:
     ) -> JsonResponse:
         safe_url = strip_query(url)
         try:
-            async with self.session.get(url, headers=headers, allow_redirects=True) as resp:
+            # No redirects: aiohttp would forward X-API-Key to whatever host a 3xx names.
+            async with self.session.get(url, headers=headers, allow_redirects=False) as resp:
                 body = await resp.read()
                 status = resp.status
                 resp_headers = dict(resp.headers)
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
             raise UpstreamUnavailable(
-                f"GET {safe_url}: {type(exc).__name__}: {exc}", url=url, code="network_error"
+                f"GET {safe_url}: {describe(exc)}", url=url, code="network_error"
             ) from exc
+        except (aiohttp.ClientError, ValueError) as exc:
+            # A malformed answer or an unusable URL: asking again will not help.
+            raise UpstreamRejected(
+                f"GET {safe_url}: {describe(exc)}", url=url, code="malformed_response"
+            ) from exc
+        progress = current_progress.get()
+        if progress is not None:
+            progress.touch()
         if status == 304:
             return JsonResponse(status, None, resp_headers)
         if is_retryable_status(status):
@@ -174,6 +184,14 @@ class HttpClient:
                 status=status,
                 retry_after_s=retry_after,
                 code=code,
+            )
+        if 300 <= status < 400:
+            target = strip_query(resp_headers.get("Location", "?"))
+            raise UpstreamRejected(
+                f"GET {safe_url}: unexpected redirect ({status}) to {target}",
+                url=url,
+                status=status,
+                code="unexpected_redirect",
             )
         if not 200 <= status < 300:
             code, message = error_reader(status, body)

@@ -14,10 +14,9 @@ from typing import Any, TextIO
 
 import structlog
 
-from worker.errors import strip_query
+from worker.errors import strip_queries
 
 _SECRET_KEYS = re.compile(r"(api[_-]?key|authorization|token|secret|password|signature)", re.IGNORECASE)
-_URL_WITH_QUERY = re.compile(r"\bhttps?://[^\s'\"<>]+\?[^\s'\"<>]*")
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
@@ -27,7 +26,7 @@ def redact(_logger: object, _method: str, event: MutableMapping[str, Any]) -> Mu
         if _SECRET_KEYS.search(key):
             event[key] = "[redacted]"
         elif isinstance(value, str) and "?" in value and "://" in value:
-            event[key] = _URL_WITH_QUERY.sub(lambda m: strip_query(m.group(0)), value)
+            event[key] = strip_queries(value)
     return event
 
 
@@ -41,7 +40,8 @@ def configure(*, level: str = "info", fmt: str = "auto", stream: TextIO | None =
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info if not use_console else structlog.dev.set_exc_info,
+            # Tracebacks become text before redaction, so URLs in exception messages are cleaned too.
+            structlog.processors.format_exc_info,
             redact,
             renderer,
         ],

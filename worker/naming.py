@@ -56,8 +56,12 @@ def validate_template(template: str) -> str:
         raise ValueError(
             f"path template {template!r} uses unknown field(s) {sorted(unknown)}; known: {sorted(FIELDS)}"
         )
-    if "asset" not in fields:
-        raise ValueError(f"path template {template!r} must contain {{asset}} so assets never overwrite")
+    missing = {"job", "asset"} - fields
+    if missing:
+        # Asset ids are unique within a job only: both are needed so no two assets share a key.
+        raise ValueError(
+            f"path template {template!r} must contain {{job}} and {{asset}} (missing: {sorted(missing)})"
+        )
     if template.startswith("/") or "\\" in template:
         raise ValueError(f"path template {template!r} must be relative and use '/' separators")
     for segment in template.split("/"):

@@ -13,15 +13,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import Awaitable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import structlog
 
 from worker.aio import shielded
 from worker.clock import Clock
 from worker.engine import Engine
-from worker.errors import LeaseLost
+from worker.errors import LeaseLost, StoreUnavailable, WorkerError, describe
+from worker.lease import Lease, Progress, current_progress, new_token
 from worker.models import Job, JobError, JobKey
 from worker.store.base import Phase, Store
 
@@ -42,10 +44,9 @@ class RunnerSettings:
 class _Active:
     job: Job
     phase: Phase
+    lease: Lease
     task: asyncio.Task[None] | None = None
-    last_progress: float = 0.0
     lost: bool = False
-    done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class Runner:
@@ -63,7 +64,7 @@ class Runner:
 
     async def run(self, *, stop: asyncio.Event, until_idle: bool = False) -> None:
         """Work until ``stop`` is set (or, with ``until_idle``, until no job is left unfinished)."""
-        log.info("runner_started", owner=self._settings.owner, until_idle=until_idle)
+        log.info("runner_started", worker_id=self._settings.owner, until_idle=until_idle)
         async with asyncio.TaskGroup() as group:
             heartbeat = group.create_task(self._heartbeat())
             try:
@@ -71,20 +72,30 @@ class Runner:
                 await self._drain()
             finally:
                 heartbeat.cancel()
-        log.info("runner_stopped", owner=self._settings.owner)
+        log.info("runner_stopped", worker_id=self._settings.owner)
 
     async def _claim_loop(self, group: asyncio.TaskGroup, stop: asyncio.Event, until_idle: bool) -> None:
         while not stop.is_set():
             self._wake.clear()
-            claimed = await self._claim(group, Phase.TRANSFER, self._settings.concurrency)
-            claimed += await self._claim(group, Phase.POLL, self._settings.poll_concurrency)
-            count, next_due = await self._store.unfinished()
+            try:
+                claimed = await self._claim(group, Phase.TRANSFER, self._settings.concurrency)
+                claimed += await self._claim(group, Phase.POLL, self._settings.poll_concurrency)
+                count, next_due = await self._store.unfinished()
+            except StoreUnavailable as exc:
+                # Keep running: the store may come back (a locked file, a restarted database).
+                log.warning("store_unavailable", error=exc.message)
+                await _wait_any([stop.wait()], timeout_s=self._settings.claim_interval_s)
+                continue
             if until_idle and count == 0 and not self._active:
                 log.info("runner_idle")
                 return
             timeout = self._settings.claim_interval_s
-            if next_due is not None:
+            if next_due is not None and claimed:
                 timeout = min(timeout, max(next_due - self._clock.now(), 0.0))
+            elif next_due is not None and next_due > self._clock.now():
+                timeout = min(timeout, next_due - self._clock.now())
+            # Due work that was not claimed waits for a free slot (the wake event) or the interval:
+            # looping at once would only ask the store the same question again.
             if claimed and timeout == 0.0:
                 continue
             await _wait_any([self._wake.wait(), stop.wait()], timeout_s=max(timeout, 0.01))
@@ -94,76 +105,91 @@ class Runner:
         free = limit - running
         if free <= 0:
             return 0
+        token = new_token(self._settings.owner)
         jobs = await self._store.claim(
-            owner=self._settings.owner,
-            phase=phase,
-            now=self._clock.now(),
-            lease_s=self._settings.lease_s,
-            limit=free,
+            owner=token, phase=phase, now=self._clock.now(), lease_s=self._settings.lease_s, limit=free
         )
         for job in jobs:
-            active = _Active(job=job, phase=phase, last_progress=self._clock.now())
+            stale = self._active.get(job.key)
+            if stale is not None:
+                # Our own earlier task let the lease run out (stuck on a silent socket) and the job
+                # came back: the new claim's token fences the old task off; stop it too.
+                log.warning("lease_expired_in_flight", job=str(job.key))
+                stale.lost = True
+                if stale.task is not None:
+                    stale.task.cancel()
+            lease = Lease(token, Progress(self._clock.now), functools.partial(self._confirm, job.key, token))
+            active = _Active(job=job, phase=phase, lease=lease)
             self._active[job.key] = active
             active.task = group.create_task(self._run_job(active), name=f"{phase.value}:{job.key}")
         return len(jobs)
 
+    async def _confirm(self, key: JobKey, token: str) -> None:
+        await self._store.renew(key, owner=token, now=self._clock.now(), lease_s=self._settings.lease_s)
+
     async def _run_job(self, active: _Active) -> None:
-        job, owner = active.job, self._settings.owner
-
-        def touch() -> None:
-            active.last_progress = self._clock.now()
-
+        job, lease = active.job, active.lease
+        current_progress.set(lease.progress)
         try:
             if active.phase is Phase.POLL:
-                if await self._engine.poll(job, owner=owner, touch=touch):
+                if await self._engine.poll(job, lease):
                     self._wake.set()
             else:
-                await self._engine.transfer(job, owner=owner, touch=touch)
+                await self._engine.transfer(job, lease)
         except asyncio.CancelledError:
             if not active.lost:
-                await shielded(self._store.release(job.key, owner=owner, now=self._clock.now()))
-                log.info("job_released", job=str(job.key))
+                try:
+                    await shielded(self._store.release(job.key, owner=lease.token, now=self._clock.now()))
+                    log.info("job_released", job=str(job.key))
+                except WorkerError as exc:
+                    log.warning("job_release_failed", job=str(job.key), error=exc.message)
             raise
         except LeaseLost:
             log.warning("lease_lost", job=str(job.key))
+        except StoreUnavailable as exc:
+            # The lease will expire and the job comes back; nothing else to do from here.
+            log.warning("store_unavailable", job=str(job.key), error=exc.message)
         except Exception as exc:
             # A bug or an unexpected library error: record it, back off, never crash the runner.
-            log.exception("job_crashed", job=str(job.key), error=repr(exc))
-            with contextlib.suppress(LeaseLost):
+            log.exception("job_crashed", job=str(job.key), error=describe(exc))
+            with contextlib.suppress(WorkerError):
                 await self._store.retry_later(
                     job.key,
-                    owner=owner,
+                    owner=lease.token,
                     now=self._clock.now(),
                     due_at=self._clock.now() + max(self._settings.claim_interval_s, 5.0),
-                    error=JobError("internal_error", repr(exc)),
+                    error=JobError("internal_error", describe(exc)),
                 )
         finally:
-            self._active.pop(job.key, None)
-            active.done.set()
+            if self._active.get(job.key) is active:
+                del self._active[job.key]
             self._wake.set()
 
     async def _heartbeat(self) -> None:
-        """Renew the leases of jobs that made progress within the last lease period.
-
-        A job that is stuck (no bytes, no poll answer, no deliberate wait) for a whole lease
-        period is not renewed: its lease runs out and another worker may take it over.
-        """
+        """Renew the leases of jobs that are alive: progress within the last lease period, or a
+        deliberate wait. A job stuck for a whole lease period is not renewed: its lease runs out
+        and another worker may take it over."""
         interval = self._settings.lease_s / 3
         while True:
             await self._clock.sleep(interval)
             now = self._clock.now()
             for key, active in list(self._active.items()):
-                if now - active.last_progress > self._settings.lease_s:
+                if active.task is None or active.task.done():
+                    continue
+                if not active.lease.progress.alive(now, self._settings.lease_s):
                     continue
                 try:
                     await self._store.renew(
-                        key, owner=self._settings.owner, now=now, lease_s=self._settings.lease_s
+                        key, owner=active.lease.token, now=now, lease_s=self._settings.lease_s
                     )
                 except LeaseLost:
+                    if active.task.done():
+                        continue  # it finished (and dropped its lease) while we were renewing
                     log.warning("lease_lost", job=str(key))
                     active.lost = True
-                    if active.task is not None:
-                        active.task.cancel()
+                    active.task.cancel()
+                except StoreUnavailable as exc:
+                    log.warning("store_unavailable", error=exc.message)
 
     async def _drain(self) -> None:
         """Phase one: let in-flight jobs finish within the grace period; phase two: cancel them."""

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -26,15 +27,18 @@ from worker.errors import (
     SourceExpired,
     UpstreamRejected,
     UpstreamUnavailable,
+    describe,
     strip_query,
 )
 from worker.models import AssetRef
-from worker.policy import is_expired_source_status, is_retryable_status
+from worker.policy import is_expired_source_status, is_retryable_status, parse_retry_after
 from worker.sinks.base import Sink, Upload
 
 log = structlog.get_logger("worker.transfer")
 
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+# A file host's Retry-After is honoured up to this; the engine's own retries take over after it.
+_RETRY_AFTER_MAX_S = 120.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -57,6 +61,14 @@ class _BodyBroke(Exception):
     """Internal: the body ended early after some bytes arrived; the caller may resume."""
 
 
+@dataclass(slots=True)
+class _Entity:
+    """What the first response said about the file, so a resumed piece is provably the same file."""
+
+    total: int | None = None
+    validator: str | None = None  # ETag (strong) or Last-Modified, sent back as If-Range
+
+
 async def fetch_to_sink(
     session: aiohttp.ClientSession,
     ref: AssetRef,
@@ -65,31 +77,40 @@ async def fetch_to_sink(
     key_for: Callable[[str | None], str],
     options: TransferOptions,
     on_progress: Callable[[int], None] = lambda _n: None,
+    before_commit: Callable[[], Awaitable[None]] | None = None,
+    wall_clock: Callable[[], float] = time.time,
 ) -> StoredCopy:
     """Download ``ref.url`` into ``sink`` under ``key_for(content_type)``; verify, then commit.
 
-    Raises ``SourceExpired`` (403/404/410: refresh the URL), ``UpstreamUnavailable`` (429/5xx or
-    no connection), ``IncompleteTransfer`` or ``IntegrityError``. Whatever happens, nothing is left
-    under the key unless it verified.
+    ``before_commit`` runs after verification and before the object becomes visible (the lease
+    fence). Raises ``SourceExpired`` (403/404/410: refresh the URL), ``UpstreamUnavailable``
+    (429/5xx or no connection), ``IncompleteTransfer`` or ``IntegrityError``. Whatever happens,
+    nothing is left under the key unless it verified.
     """
     digest = Digest()
     upload: Upload | None = None
-    total: int | None = None
+    entity = _Entity()
     resumes = 0
     try:
         while True:
             offset = digest.size
             try:
-                async with session.get(ref.url, headers=_range_header(offset)) as resp:
-                    start, total = _check_response(resp, ref, offset)
+                async with session.get(
+                    ref.url,
+                    headers=_request_headers(offset, entity),
+                    # Bytes must be hashed exactly as stored: no transparent decompression.
+                    auto_decompress=False,
+                ) as resp:
+                    start = _check_response(resp, ref, offset, entity, wall_clock)
                     if upload is None:
                         upload = await sink.open(
                             key_for(resp.headers.get("Content-Type")),
                             content_type=resp.headers.get("Content-Type"),
                             expected_size=ref.expected_size,
                         )
-                    if start != offset:
-                        # The host ignored our Range: start over rather than splice.
+                    if start == 0 and offset:
+                        # The host sent the whole file again (it ignored Range, or If-Range found
+                        # a different file): start over rather than splice.
                         await upload.restart()
                         digest = Digest()
                     await _pump(resp, upload, digest, options.chunk_bytes, on_progress)
@@ -97,15 +118,14 @@ async def fetch_to_sink(
                 # Body errors became _BodyBroke in _pump; this one happened before any body byte
                 # arrived (connect, reset, headers): a transient failure of the file host.
                 raise UpstreamUnavailable(
-                    f"GET {strip_query(ref.url)}: {type(exc).__name__}: {exc}",
-                    url=ref.url,
-                    code="network_error",
+                    f"GET {strip_query(ref.url)}: {describe(exc)}", url=ref.url, code="network_error"
                 ) from exc
             except _BodyBroke as broke:
                 if resumes >= options.max_resumes or not _resumable(broke):
+                    url = strip_query(ref.url)
                     raise IncompleteTransfer(
-                        f"body of {strip_query(ref.url)} broke off after {digest.size} bytes: {broke}",
-                        expected=total,
+                        f"body of {url} broke off after {digest.size} bytes: {broke.args[1]}",
+                        expected=entity.total,
                         actual=digest.size,
                     ) from broke.__cause__
                 resumes += 1
@@ -116,11 +136,13 @@ async def fetch_to_sink(
         verified = verify(
             size=digest.size,
             sha256=sha256,
-            content_length=total,
+            content_length=entity.total,
             expected_size=ref.expected_size,
             expected_sha256=ref.expected_sha256,
         )
         assert upload is not None  # set on the first response
+        if before_commit is not None:
+            await before_commit()
         uri = await upload.commit()
         return StoredCopy(
             key=upload.key,
@@ -136,35 +158,68 @@ async def fetch_to_sink(
         raise
 
 
-def _range_header(offset: int) -> dict[str, str]:
-    return {"Range": f"bytes={offset}-"} if offset else {}
+def _request_headers(offset: int, entity: _Entity) -> dict[str, str]:
+    headers = {"Accept-Encoding": "identity"}
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
+        if entity.validator:
+            # If the file changed since the first response, the host sends all of it (200).
+            headers["If-Range"] = entity.validator
+    return headers
 
 
 def _resumable(broke: _BodyBroke) -> bool:
     return bool(broke.args and broke.args[0] == "resumable")
 
 
-def _check_response(resp: aiohttp.ClientResponse, ref: AssetRef, offset: int) -> tuple[int, int | None]:
-    """Classify the file host's answer; return (first byte offset of the body, full size if known)."""
+def _validator(resp: aiohttp.ClientResponse) -> str | None:
+    etag = resp.headers.get("ETag")
+    if etag and not etag.startswith("W/"):
+        return etag
+    return resp.headers.get("Last-Modified")
+
+
+def _check_response(
+    resp: aiohttp.ClientResponse, ref: AssetRef, offset: int, entity: _Entity, wall_clock: Callable[[], float]
+) -> int:
+    """Classify the file host's answer; return the offset of the body's first byte.
+
+    Updates ``entity`` from a full (200) answer; a partial (206) answer must continue exactly
+    where the copy stopped, of a file of exactly the size first announced, or it is refused.
+    """
     url = strip_query(ref.url)
     status = resp.status
-    if status in (200, 206):
-        length = resp.content_length
-        if status == 200:
-            return 0, length
+    if status == 200:
+        entity.total = resp.content_length
+        entity.validator = _validator(resp)
+        return 0
+    if status == 206 and offset:
         match = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
-        if match is None:
-            raise IncompleteTransfer(f"{url}: 206 without a usable Content-Range")
-        whole = None if match.group(3) == "*" else int(match.group(3))
-        return int(match.group(1)), whole
+        whole = None if match is None or match.group(3) == "*" else int(match.group(3))
+        if (
+            match is None
+            or int(match.group(1)) != offset
+            or whole != entity.total
+            or (whole is not None and int(match.group(2)) != whole - 1)
+        ):
+            raise IncompleteTransfer(
+                f"{url}: resumed at byte {offset} but the host answered Content-Range "
+                f"{resp.headers.get('Content-Range')!r} for a file of {entity.total} bytes",
+                expected=entity.total,
+                actual=offset,
+            )
+        return offset
     if is_expired_source_status(status):
         raise SourceExpired(
             f"file host answered {status} for {url}: the URL expired or the asset was replaced"
         )
-    if status == 416 and offset:
-        raise IncompleteTransfer(f"{url}: 416 on resume at byte {offset}", actual=offset)
     if is_retryable_status(status):
-        raise UpstreamUnavailable(f"file host answered {status} for {url}", url=ref.url, status=status)
+        retry_after = parse_retry_after(
+            resp.headers.get("Retry-After"), now=wall_clock(), max_s=_RETRY_AFTER_MAX_S
+        )
+        raise UpstreamUnavailable(
+            f"file host answered {status} for {url}", url=ref.url, status=status, retry_after_s=retry_after
+        )
     raise UpstreamRejected(
         f"file host answered {status} for {url}", url=ref.url, status=status, code="source_rejected"
     )
@@ -203,7 +258,7 @@ async def _pump(
                     await pending
                 pending = asyncio.create_task(consume(bytes(buffer)))
                 buffer.clear()
-            raise _BodyBroke("resumable" if accept_ranges else "not resumable", str(exc)) from exc
+            raise _BodyBroke("resumable" if accept_ranges else "not resumable", describe(exc)) from exc
         if buffer:
             if pending is not None:
                 await pending

@@ -12,6 +12,7 @@ import contextlib
 import errno
 import glob
 import os
+import re
 import secrets
 from pathlib import Path
 from typing import Any
@@ -26,10 +27,12 @@ log = structlog.get_logger("worker.sinks.file")
 TEMP_SUFFIX = ".part"
 
 # Errors that may go away by themselves (space freed, device back); everything else is a
-# configuration problem an operator must fix.
+# configuration problem an operator must fix. ENOENT is here because a temp file removed under us
+# (by a worker that took the job over) is a reason to try again, not a broken destination.
 _TRANSIENT_ERRNOS = frozenset(
-    {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EAGAIN, errno.EBUSY, errno.EMFILE}
+    {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EAGAIN, errno.EBUSY, errno.EMFILE, errno.ENOENT}
 )
+_TEMP_TOKEN_HEX = 12
 
 
 def translate_os_error(exc: OSError, key: str) -> StorageError:
@@ -117,7 +120,7 @@ class FileSink:
 
     async def open(self, key: str, *, content_type: str | None, expected_size: int | None) -> FileUpload:
         final = self._final_path(key)
-        temp = final.with_name(f".{final.name}.{secrets.token_hex(6)}{TEMP_SUFFIX}")
+        temp = final.with_name(f".{final.name}.{secrets.token_hex(_TEMP_TOKEN_HEX // 2)}{TEMP_SUFFIX}")
         try:
             await asyncio.to_thread(self._prepare_dir, final)
             handle = await aiofiles.open(temp, "xb")
@@ -136,16 +139,28 @@ class FileSink:
         return final
 
     def _prepare_dir(self, final: Path) -> None:
+        # A symlinked directory inside the root could point elsewhere: check the deepest existing
+        # ancestor before creating anything, and the result after.
+        existing = final.parent
+        while not existing.exists() and existing != self.root:
+            existing = existing.parent
+        self._check_inside(existing)
         final.parent.mkdir(parents=True, exist_ok=True)
-        # A symlinked directory inside the root could still point elsewhere.
-        real_root = os.path.realpath(self.root)
-        real_parent = os.path.realpath(final.parent)
-        if os.path.commonpath([real_root, real_parent]) != real_root:
-            raise PermissionError(errno.EACCES, "destination directory resolves outside the root")
+        self._check_inside(final.parent)
         self._remove_orphaned_temps(final)
 
+    def _check_inside(self, directory: Path) -> None:
+        real_root = os.path.realpath(self.root)
+        if os.path.commonpath([real_root, os.path.realpath(directory)]) != real_root:
+            raise PermissionError(errno.EACCES, "destination directory resolves outside the root")
+
     def _remove_orphaned_temps(self, final: Path) -> None:
+        pattern = re.compile(
+            rf"^\.{re.escape(final.name)}\.[0-9a-f]{{{_TEMP_TOKEN_HEX}}}{re.escape(TEMP_SUFFIX)}$"
+        )
         for temp in final.parent.glob(f".{glob.escape(final.name)}.*{TEMP_SUFFIX}"):
+            if not pattern.match(temp.name):
+                continue  # the temp file of another target whose name merely starts alike
             with contextlib.suppress(FileNotFoundError):
                 temp.unlink()
                 log.info("orphaned_temp_removed", path=str(temp))

@@ -20,7 +20,7 @@ from typing import Any
 import aiosqlite
 
 from worker.aio import shielded
-from worker.errors import ConfigError, LeaseLost
+from worker.errors import ConfigError, LeaseLost, StoreUnavailable
 from worker.models import AssetRecord, AssetRef, Job, JobError, JobKey, JobState, Receipt
 from worker.store import sqlite_schema
 from worker.store.base import Phase, SubmitResult
@@ -83,15 +83,21 @@ class SqliteStore:
     @classmethod
     async def open(cls, path: Path) -> SqliteStore:
         """Open (creating it and its directories if needed) and migrate the database at ``path``."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # isolation_level=None: the sqlite3 module opens no transactions behind our back, so the
-        # BEGIN IMMEDIATE in _transaction is the only one.
-        db = await aiosqlite.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_S)
+        try:
+            await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
+            # isolation_level=None: the sqlite3 module opens no transactions behind our back, so
+            # the BEGIN IMMEDIATE in _transaction is the only one.
+            db = await aiosqlite.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_S)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreUnavailable(f"cannot open the SQLite store at {path}: {exc}") from exc
         try:
             db.row_factory = sqlite3.Row
             await _configure(db, path)
             store = cls(db)
             await store._migrate()
+        except sqlite3.Error as exc:
+            await shielded(db.close())
+            raise StoreUnavailable(f"cannot open the SQLite store at {path}: {exc}") from exc
         except BaseException:
             await shielded(db.close())
             raise
@@ -336,10 +342,15 @@ class SqliteStore:
                 await _run(self._db, "BEGIN IMMEDIATE" if write else "BEGIN DEFERRED")
                 yield self._db
                 await self._db.commit()
-            except BaseException:
+            except BaseException as exc:
                 # Statements run in order on aiosqlite's thread, so this rollback lands after
                 # whatever the cancelled await had queued; rollback() is a no-op once committed.
-                await shielded(self._db.rollback())
+                with contextlib.suppress(sqlite3.Error):
+                    await shielded(self._db.rollback())
+                if isinstance(exc, sqlite3.OperationalError):
+                    # Locked past the busy timeout, disk I/O error, read-only file: the caller
+                    # backs off and tries again rather than crashing the worker.
+                    raise StoreUnavailable(f"SQLite store: {exc}") from exc
                 raise
 
     async def _migrate(self) -> None:

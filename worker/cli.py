@@ -19,7 +19,7 @@ import structlog
 
 from worker import log as worker_log
 from worker.app import open_worker
-from worker.config import Settings, from_env
+from worker.config import CloudlayerSettings, Settings, from_env
 from worker.errors import ConfigError, InvalidJob, WorkerError
 from worker.models import JobKey
 from worker.statusview import job_to_json, render_table
@@ -170,6 +170,11 @@ async def _run(settings: Settings, *, until_idle: bool) -> int:
             logger.warning("shutdown_forced", signal=signal.Signals(signum).name)
             main_task.cancel()
 
+    if settings.poll.initial_s < 2.0 and settings.cloudlayer.base_url == CloudlayerSettings().base_url:
+        # The vendor asks for no polling faster than every 2 s ("each poll is a database read").
+        structlog.get_logger("worker.cli").warning(
+            "poll_interval_below_vendor_minimum", poll_initial_s=settings.poll.initial_s, minimum_s=2.0
+        )
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)

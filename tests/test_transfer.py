@@ -54,7 +54,7 @@ async def test_streams_and_verifies(sim: Simulator, session: aiohttp.ClientSessi
     final = tmp_path / "p/j/a1.bin"
     assert copy.sha256 == content_sha256(job.seed, job.size) == hashlib.sha256(final.read_bytes()).hexdigest()
     assert copy.size == job.size and copy.upstream_verified and copy.resumes == 0
-    assert copy.uri == final.as_uri()
+    assert copy.committed.uri == final.as_uri()
     assert leftovers(tmp_path) == [final]
     assert [r.had_api_key for r in sim.requests("files")] == [False]
 

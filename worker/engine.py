@@ -242,7 +242,7 @@ class Engine:
                 continue
             return Receipt(
                 asset_id=ref.asset_id,
-                uri=copy.uri,
+                uri=copy.committed.uri,
                 size=copy.size,
                 sha256=copy.sha256,
                 upstream_verified=copy.upstream_verified,

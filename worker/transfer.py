@@ -21,7 +21,7 @@ import aiohttp
 import structlog
 
 from worker.aio import shielded
-from worker.digest import Digest, verify
+from worker.digest import Digest, normalise_sha256, verify
 from worker.errors import (
     IncompleteTransfer,
     SourceExpired,
@@ -32,7 +32,7 @@ from worker.errors import (
 )
 from worker.models import AssetRef
 from worker.policy import is_expired_source_status, is_retryable_status, parse_retry_after
-from worker.sinks.base import Sink, Upload
+from worker.sinks.base import Committed, Sink, Upload
 
 log = structlog.get_logger("worker.transfer")
 
@@ -44,7 +44,7 @@ _RETRY_AFTER_MAX_S = 120.0
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StoredCopy:
     key: str
-    uri: str
+    committed: Committed
     size: int
     sha256: str
     upstream_verified: bool
@@ -107,6 +107,7 @@ async def fetch_to_sink(
                             key_for(resp.headers.get("Content-Type")),
                             content_type=resp.headers.get("Content-Type"),
                             expected_size=ref.expected_size,
+                            expected_sha256=normalise_sha256(ref.expected_sha256),
                         )
                     if start == 0 and offset:
                         # The host sent the whole file again (it ignored Range, or If-Range found
@@ -143,10 +144,10 @@ async def fetch_to_sink(
         assert upload is not None  # set on the first response
         if before_commit is not None:
             await before_commit()
-        uri = await upload.commit()
+        committed = await upload.commit(size=digest.size, sha256=sha256)
         return StoredCopy(
             key=upload.key,
-            uri=uri,
+            committed=committed,
             size=digest.size,
             sha256=sha256,
             upstream_verified=verified,

@@ -7,7 +7,18 @@ of the attempt. Both are safe to call after a failure, and ``abort`` after ``com
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Committed:
+    """Where a committed object lives, and what the destination said about it."""
+
+    uri: str
+    etag: str | None = None
+    version_id: str | None = None
+    already_present: bool = False  # an identical object was already there; nothing was written
 
 
 class Upload(Protocol):
@@ -21,8 +32,12 @@ class Upload(Protocol):
         """Throw away everything written so far (the source could not resume)."""
         ...
 
-    async def commit(self) -> str:
-        """Make the object durable and visible under its key; return its URI."""
+    async def commit(self, *, size: int, sha256: str) -> Committed:
+        """Make the object durable and visible under its key.
+
+        Called only after the transfer verified the bytes; ``size`` and ``sha256`` are the whole
+        object's (a destination may store them as metadata or compare them with what it holds).
+        """
         ...
 
     async def abort(self) -> None:
@@ -35,8 +50,19 @@ class Sink(Protocol):
         """The URI an object under ``key`` has (``file:///...`` or ``s3://...``)."""
         ...
 
-    async def open(self, key: str, *, content_type: str | None, expected_size: int | None) -> Upload:
-        """Start writing one object under ``key`` (a relative path from ``worker.naming``)."""
+    async def open(
+        self,
+        key: str,
+        *,
+        content_type: str | None,
+        expected_size: int | None,
+        expected_sha256: str | None,
+    ) -> Upload:
+        """Start writing one object under ``key`` (a relative path from ``worker.naming``).
+
+        ``expected_size`` and ``expected_sha256`` are what the vendor published, when it did: a
+        destination may size its parts by them or label the object up front.
+        """
         ...
 
     async def close(self) -> None: ...

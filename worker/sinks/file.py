@@ -21,6 +21,7 @@ import aiofiles
 import structlog
 
 from worker.errors import StorageError, StorageRejected, StorageUnavailable
+from worker.sinks.base import Committed
 
 log = structlog.get_logger("worker.sinks.file")
 
@@ -67,7 +68,7 @@ class FileUpload:
         except OSError as exc:
             raise translate_os_error(exc, self.key) from exc
 
-    async def commit(self) -> str:
+    async def commit(self, *, size: int, sha256: str) -> Committed:
         try:
             await self._handle.flush()
             # fsync before the rename: otherwise a crash can leave a renamed but empty file.
@@ -77,7 +78,7 @@ class FileUpload:
         except OSError as exc:
             raise translate_os_error(exc, self.key) from exc
         self._committed = True
-        return self._final.as_uri()
+        return Committed(uri=self._final.as_uri())
 
     async def abort(self) -> None:
         if self._committed:
@@ -118,7 +119,14 @@ class FileSink:
     def uri_for(self, key: str) -> str:
         return self._final_path(key).as_uri()
 
-    async def open(self, key: str, *, content_type: str | None, expected_size: int | None) -> FileUpload:
+    async def open(
+        self,
+        key: str,
+        *,
+        content_type: str | None,
+        expected_size: int | None,
+        expected_sha256: str | None,
+    ) -> FileUpload:
         final = self._final_path(key)
         temp = final.with_name(f".{final.name}.{secrets.token_hex(_TEMP_TOKEN_HEX // 2)}{TEMP_SUFFIX}")
         try:

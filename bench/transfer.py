@@ -2,19 +2,18 @@
 
     .venv/bin/python bench/transfer.py [--sizes 256M,1G] [--runs 3] [--chunk 1M]
 
-One run of this script starts the project's simulator, creates one job per size, and downloads each
-asset with three contenders, interleaved (curl, naive, worker, curl, ...) so that machine noise
-spreads over all of them:
+One run starts the project's simulator, creates one job per size, and downloads each asset with three
+contenders, interleaved (curl, naive, worker, curl, ...) so that machine noise spreads over all:
 
 - ``curl``: ``curl | tee FILE | sha256sum``, the reference the issue names;
 - ``naive``: the obvious aiohttp + aiofiles + hashlib loop;
-- ``worker``: ``worker.transfer.fetch_to_sink`` into a ``FileSink``, the path production uses
-  (including its fsync before the rename).
+- ``worker``: ``worker.transfer.fetch_to_sink`` into a ``FileSink``, the production path, including
+  its fsync and rename.
 
-Each download runs in its own child process (this script with the hidden ``--child`` mode) so its
-peak RSS can be read from ``wait4``, and writes a fresh file in a temp dir under /tmp that is removed
-after the run. Every copy's sha256 is checked against the simulator's content; any mismatch or failed
-child makes the exit status 1. Sizes are binary (``1G`` = 1 GiB); throughput is in MB/s (10**6 B/s).
+Each download runs in its own child process (this script's hidden ``--child`` mode) so its peak RSS
+and CPU time are its own, and writes a fresh file in a temp dir under /tmp, removed after the run.
+Every copy's size and sha256 are checked against the simulator's content; a mismatch or a failed
+child makes the exit status 1. Sizes are binary (``1G`` = 1 GiB); rates are MB/s (10**6 bytes/s).
 """
 
 from __future__ import annotations
@@ -22,10 +21,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import datetime
 import hashlib
 import json
 import os
+import resource
 import shutil
 import signal
 import statistics
@@ -35,7 +36,6 @@ import tempfile
 import threading
 import time
 import urllib.request
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import FrameType
 from typing import IO, Any, Final
@@ -47,17 +47,16 @@ from worker.config import HttpSettings
 from worker.httpclient import new_session
 from worker.models import AssetRef
 from worker.simulator.content import content_sha256
-from worker.sinks.base import Upload
 from worker.sinks.file import FileSink
 from worker.transfer import TransferOptions, fetch_to_sink
 
 KINDS: Final = ("curl", "naive", "worker")
 API_KEY: Final = "cl-sim-key"
 NAIVE_CHUNK: Final = 1 << 20
-CEILING_BYTES: Final = 256 << 20
 MIB: Final = 1 << 20
+CEILING_BYTES: Final = 256 * MIB
 _UNITS: Final = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-# A child slower than this is hung, not slow: even the worst contender here moves >100 MB/s.
+# A child slower than this is hung, not slow: every contender here moves well over 50 MB/s.
 _MIN_RATE_B_S: Final = 10e6
 _CURL_SCRIPT: Final = 'set -o pipefail; curl -sS --fail "$1" | tee "$2" | sha256sum'
 
@@ -67,7 +66,7 @@ class BenchError(Exception):
 
 
 def parse_bytes(text: str) -> int:
-    """``256M`` -> 268435456; binary units K, M, G, or a plain number of bytes."""
+    """``256M`` -> 268435456: binary units K, M, G (``MiB``, ``MB`` read the same), or plain bytes."""
     number = text.strip().upper().removesuffix("IB").removesuffix("B")
     unit = number[-1] if number[-1:] in ("K", "M", "G") else ""
     number = number.removesuffix(unit)
@@ -83,58 +82,12 @@ def human(size: int) -> str:
     return f"{size} B"
 
 
-# --- child mode: one download, one JSON line on stdout ---------------------------------------------
+# --- child mode: one download, one JSON line on stdout ----------------------------------------------
 
 
-class _TimedUpload:
-    """Delegates to the real upload, timing ``commit`` (flush + fsync + rename) separately."""
-
-    def __init__(self, inner: Upload) -> None:
-        self._inner = inner
-        self.key = inner.key
-        self.commit_s = 0.0
-
-    async def write(self, chunk: bytes) -> None:
-        await self._inner.write(chunk)
-
-    async def restart(self) -> None:
-        await self._inner.restart()
-
-    async def commit(self) -> str:
-        start = time.perf_counter()
-        try:
-            return await self._inner.commit()
-        finally:
-            self.commit_s = time.perf_counter() - start
-
-    async def abort(self) -> None:
-        await self._inner.abort()
-
-
-class _TimedSink:
-    """A ``FileSink`` whose uploads report their commit time: the durability cost curl does not pay."""
-
-    def __init__(self, inner: FileSink) -> None:
-        self._inner = inner
-        self.upload: _TimedUpload | None = None
-
-    def uri_for(self, key: str) -> str:
-        return self._inner.uri_for(key)
-
-    async def open(self, key: str, *, content_type: str | None, expected_size: int | None) -> Upload:
-        self.upload = _TimedUpload(
-            await self._inner.open(key, content_type=content_type, expected_size=expected_size)
-        )
-        return self.upload
-
-    async def close(self) -> None:
-        await self._inner.close()
-
-
-async def _child_naive(url: str, file: Path) -> dict[str, Any]:
+async def _naive(url: str, file: Path) -> tuple[int, str]:
     digest = hashlib.sha256()
     received = 0
-    start = time.perf_counter()
     async with aiohttp.ClientSession() as session, session.get(url) as resp:
         resp.raise_for_status()
         async with aiofiles.open(file, "wb") as out:
@@ -142,72 +95,121 @@ async def _child_naive(url: str, file: Path) -> dict[str, Any]:
                 digest.update(chunk)
                 received += len(chunk)
                 await out.write(chunk)
-    return {"bytes": received, "seconds": time.perf_counter() - start, "sha256": digest.hexdigest()}
+    return received, digest.hexdigest()
 
 
-async def _child_worker(url: str, file: Path, size: int, chunk: int) -> dict[str, Any]:
-    sink = _TimedSink(FileSink(file.parent))
+async def _worker(url: str, file: Path, size: int, chunk: int) -> tuple[int, str, float]:
+    """The production path; also returns how long the commit (flush, fsync, rename) took."""
+    verified_at: list[float] = []
+
+    async def mark_verified() -> None:
+        # The lease-fence hook runs after verification, right before commit: a free stopwatch,
+        # and no copy of the Sink protocol here to fall out of step with worker/sinks.
+        verified_at.append(time.perf_counter())
+
     ref = AssetRef(asset_id=f"bench-{size}", url=url, expected_size=size)
-    start = time.perf_counter()
     async with new_session(HttpSettings(), read_bufsize=chunk) as session:
         copy = await fetch_to_sink(
             session,
             ref,
-            sink,
+            FileSink(file.parent),
             key_for=lambda _ct: file.name,
             options=TransferOptions(chunk_bytes=chunk),
+            before_commit=mark_verified,
         )
-    seconds = time.perf_counter() - start
-    commit_s = sink.upload.commit_s if sink.upload is not None else 0.0
-    return {"bytes": copy.size, "seconds": seconds, "sha256": copy.sha256, "commit_s": commit_s}
+        commit_s = time.perf_counter() - verified_at[-1]
+    return copy.size, copy.sha256, commit_s
+
+
+def _cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)  # all threads: hashing and writing happen in some
+    return usage.ru_utime + usage.ru_stime
 
 
 def child_main(kind: str, url: str, file: Path, size: int, chunk: int) -> int:
+    """Download once and print bytes, seconds, CPU seconds and sha256 of this transfer alone."""
+    cpu, start = _cpu_s(), time.perf_counter()
+    commit_s: float | None = None
     if kind == "naive":
-        result = asyncio.run(_child_naive(url, file))
+        received, sha256 = asyncio.run(_naive(url, file))
     elif kind == "worker":
-        result = asyncio.run(_child_worker(url, file, size, chunk))
+        received, sha256, commit_s = asyncio.run(_worker(url, file, size, chunk))
     else:
         raise SystemExit(f"unknown child kind {kind!r}")
+    result: dict[str, Any] = {
+        "bytes": received,
+        "seconds": time.perf_counter() - start,
+        "cpu_s": _cpu_s() - cpu,
+        "sha256": sha256,
+        "commit_s": commit_s,
+    }
     # The parent reads the last stdout line, so a stray log line above it does no harm.
     print(json.dumps(result), flush=True)
     return 0
 
 
-# --- parent: processes ------------------------------------------------------------------------------
+def ceiling_main() -> int:
+    """Single-core hashlib.sha256 over a 256 MiB buffer in 1 MiB updates; prints MB/s.
+
+    In a child so the parent stays small: on Linux a child's ru_maxrss starts at its parent's.
+    """
+    view = memoryview(os.urandom(MIB) * (CEILING_BYTES // MIB))  # real pages, not the zero page
+    digest = hashlib.sha256()
+    start = time.perf_counter()
+    for offset in range(0, CEILING_BYTES, MIB):
+        digest.update(view[offset : offset + MIB])
+    print(CEILING_BYTES / (time.perf_counter() - start) / 1e6, flush=True)
+    return 0
+
+
+# --- parent: processes -------------------------------------------------------------------------------
 
 
 class Children:
-    """Every subprocess this run started, each in its own process group, stopped on exit.
+    """Every subprocess of this run, each in its own process group, stopped on exit.
 
-    Own sessions keep a terminal's Ctrl-C away from the children: the parent alone gets it and then
-    stops them in order, instead of every child dying with its own traceback. Killing the group
-    also reaches the pipeline of the curl contender, not just its bash.
+    Own sessions keep a terminal's Ctrl-C away from the children: only the parent gets it and stops
+    them, instead of each dying with its own traceback. Killing the group also reaches the curl
+    pipeline (and whatever ``time`` runs), not only its first process.
     """
 
     def __init__(self) -> None:
         self._live: dict[int, subprocess.Popen[bytes]] = {}
         self._lock = threading.Lock()
 
-    def spawn(self, argv: list[str], *, stdout: int | IO[bytes] | None) -> subprocess.Popen[bytes]:
+    def spawn(self, argv: list[str], *, stdout: int | None) -> subprocess.Popen[bytes]:
         proc = subprocess.Popen(argv, stdout=stdout, start_new_session=True)
         with self._lock:
             self._live[proc.pid] = proc
         return proc
 
-    def reap(self, proc: subprocess.Popen[bytes]) -> tuple[int, int]:
-        """Wait for ``proc``; return (exit code, peak RSS in KiB of the largest process in its group)."""
+    def reap(self, proc: subprocess.Popen[bytes]) -> tuple[int, resource.struct_rusage]:
+        """Wait for ``proc``; return its exit code and rusage (``wait4``, so nothing else reaps it)."""
         _, status, usage = os.wait4(proc.pid, 0)
         with self._lock:
             proc.returncode = os.waitstatus_to_exitcode(status)
             self._live.pop(proc.pid, None)
-        return proc.returncode, usage.ru_maxrss
+        return proc.returncode, usage
 
     def kill(self, proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
         with self._lock:
             if proc.returncode is None:  # not reaped yet, so the group id is still ours
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, sig)
+
+    def output(self, argv: list[str], timeout_s: float) -> tuple[str, int, resource.struct_rusage]:
+        """Run ``argv`` to the end under a watchdog; return (stdout, exit code, rusage)."""
+        proc = self.spawn(argv, stdout=subprocess.PIPE)
+        assert proc.stdout is not None
+        watchdog = threading.Timer(timeout_s, self.kill, (proc,))
+        watchdog.start()
+        try:
+            with proc.stdout:
+                out = proc.stdout.read().decode(errors="replace")
+            code, usage = self.reap(proc)
+        finally:
+            watchdog.cancel()
+        return out, code, usage
 
     def stop_all(self, grace_s: float = 5.0) -> None:
         with self._lock:
@@ -221,19 +223,16 @@ class Children:
             except subprocess.TimeoutExpired:
                 self.kill(proc)
                 proc.wait()
-            with self._lock:
-                self._live.pop(proc.pid, None)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Simulator:
     url: str
 
     def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(  # noqa: S310 - the URL is our own simulator's, http on loopback
+        request = urllib.request.Request(  # noqa: S310 - our own simulator's http URL on loopback
             self.url + path,
-            data=data,
+            data=None if body is None else json.dumps(body).encode(),
             method=method,
             headers={"X-API-Key": API_KEY, "Content-Type": "application/json"},
         )
@@ -243,9 +242,8 @@ class Simulator:
 
     def asset(self, size: int) -> tuple[str, int]:
         """A finished job of ``size`` bytes: (download URL, content seed)."""
-        job = self.call(
-            "POST", "/_sim/cloudlayer/jobs", {"id": f"bench-{size}", "size": size, "pending_s": 0}
-        )
+        spec = {"id": f"bench-{size}", "size": size, "pending_s": 0}
+        job = self.call("POST", "/_sim/cloudlayer/jobs", spec)
         status = self.call("GET", f"/v2/jobs/{job['id']}")
         if "assetUrl" not in status:
             raise BenchError(f"simulator job {job['id']} has no assetUrl: {status}")
@@ -260,32 +258,50 @@ def _drain(stream: IO[bytes]) -> None:
 def start_simulator(children: Children) -> Simulator:
     proc = children.spawn([sys.executable, "-m", "worker.simulator", "--port", "0"], stdout=subprocess.PIPE)
     assert proc.stdout is not None
-    timer = threading.Timer(30.0, children.kill, (proc,))
-    timer.start()
+    watchdog = threading.Timer(30.0, children.kill, (proc,))
+    watchdog.start()
     try:
         first = proc.stdout.readline().decode().strip()
     finally:
-        timer.cancel()
+        watchdog.cancel()
     prefix = "simulator listening on "
     if not first.startswith(prefix):
         raise BenchError(f"simulator did not start (first line: {first!r})")
-    # Keep draining its stdout: a full pipe would block the simulator mid-benchmark.
+    # Keep reading its stdout: a full pipe would stall the simulator mid-benchmark.
     threading.Thread(target=_drain, args=(proc.stdout,), daemon=True).start()
     return Simulator(first.removeprefix(prefix))
 
 
-# --- parent: samples --------------------------------------------------------------------------------
+def find_gnu_time(children: Children) -> str | None:
+    """GNU time, if it works here: the one way to get a child's own peak RSS.
+
+    ``wait4``'s ``ru_maxrss`` for a direct child includes the RSS of this parent at fork time (Linux
+    carries the old address space's high-water mark across exec), so it overstates a 10 MiB curl as
+    a 40+ MiB one. A child of the 1 MiB ``time`` process starts clean.
+    """
+    path = shutil.which("time")
+    if path is None:
+        return None
+    with tempfile.TemporaryDirectory(prefix="bench-time-", dir="/tmp") as workdir:
+        usage_file = Path(workdir) / "usage"
+        _, code, _ = children.output([path, "-f", "%M", "-o", str(usage_file), "true"], 10.0)
+        ok = code == 0 and usage_file.exists() and usage_file.read_text().strip().isdigit()
+    return path if ok else None
 
 
-@dataclass(frozen=True, slots=True)
+# --- parent: samples ---------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Sample:
     kind: str
-    ok: bool
-    bytes: int
-    seconds: float  # the transfer itself (the child's clock; wall time for curl)
-    wall_s: float  # spawn to reap, including interpreter start-up
+    ok: bool = False
+    bytes: int = 0
+    seconds: float  # the transfer alone: the child's own clock; wall time for curl
+    wall_s: float  # spawn to exit, interpreter start-up included
+    cpu_s: float  # likewise the transfer alone for Python contenders; the whole pipeline for curl
     peak_rss_mib: float
-    sha256: str
+    sha256: str = ""
     commit_s: float | None = None
     error: str | None = None
 
@@ -294,92 +310,75 @@ class Sample:
         return self.bytes / self.seconds / 1e6 if self.seconds > 0 else 0.0
 
 
-def _argv(kind: str, url: str, file: Path, size: int, chunk: int) -> list[str]:
+def _child_argv(kind: str, url: str, file: Path, size: int, chunk: int) -> list[str]:
     if kind == "curl":
         return ["bash", "-c", _CURL_SCRIPT, "bench-curl", url, str(file)]
     script = str(Path(__file__).resolve())
-    return [
-        sys.executable,
-        script,
-        "--child",
-        kind,
-        url,
-        str(file),
-        "--size",
-        str(size),
-        "--chunk",
-        str(chunk),
-    ]
+    knobs = ["--size", str(size), "--chunk", str(chunk)]
+    return [sys.executable, script, "--child", kind, url, str(file), *knobs]
 
 
-def run_once(children: Children, kind: str, url: str, size: int, chunk: int, expected: str) -> Sample:
-    """One download by ``kind`` into a fresh temp dir, checked against ``expected``."""
-    workdir = Path(tempfile.mkdtemp(prefix="bench-transfer-", dir="/tmp"))
-    try:
-        file = workdir / f"{kind}.bin"
-        start = time.perf_counter()
-        proc = children.spawn(_argv(kind, url, file, size, chunk), stdout=subprocess.PIPE)
-        assert proc.stdout is not None
-        timer = threading.Timer(max(60.0, size / _MIN_RATE_B_S), children.kill, (proc,))
-        timer.start()
+@dataclasses.dataclass(frozen=True, slots=True)
+class Contest:
+    """What every run of one size shares."""
+
+    children: Children
+    gnu_time: str | None
+    url: str
+    size: int
+    chunk: int
+    expected_sha256: str
+
+    def run(self, kind: str) -> Sample:
+        """One download by ``kind`` into a fresh temp dir under /tmp, judged against the expectation."""
+        workdir = Path(tempfile.mkdtemp(prefix="bench-transfer-", dir="/tmp"))
         try:
-            out = proc.stdout.read().decode(errors="replace")
-            proc.stdout.close()
-            code, maxrss_kib = children.reap(proc)
+            file, usage_file = workdir / f"{kind}.bin", workdir / "usage"
+            argv = _child_argv(kind, self.url, file, self.size, self.chunk)
+            if self.gnu_time is not None:
+                argv = [self.gnu_time, "-f", "%M %U %S", "-o", str(usage_file), *argv]
+            start = time.perf_counter()
+            out, code, usage = self.children.output(argv, max(60.0, self.size / _MIN_RATE_B_S))
+            wall = time.perf_counter() - start
+            rss_kib, cpu = float(usage.ru_maxrss), usage.ru_utime + usage.ru_stime
+            if self.gnu_time is not None and usage_file.exists():
+                # GNU time writes "Command exited with non-zero status N" above the figures.
+                rss_text, user, system = usage_file.read_text().strip().splitlines()[-1].split()
+                rss_kib, cpu = float(rss_text), float(user) + float(system)
+            on_disk = file.stat().st_size if file.exists() else -1
         finally:
-            timer.cancel()
-        wall = time.perf_counter() - start
-        on_disk = file.stat().st_size if file.exists() else -1
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    return _judge(kind, out, code, wall, maxrss_kib / 1024, on_disk, size, expected)
+            shutil.rmtree(workdir, ignore_errors=True)
+        base = Sample(kind=kind, seconds=wall, wall_s=wall, cpu_s=cpu, peak_rss_mib=rss_kib / 1024)
+        return self._judge(base, out, code, on_disk)
+
+    def _judge(self, base: Sample, out: str, code: int, on_disk: int) -> Sample:
+        last = (out.strip().splitlines() or [""])[-1]
+        if code != 0:
+            return dataclasses.replace(base, error=f"exit status {code}")
+        if base.kind == "curl":
+            sample = dataclasses.replace(base, bytes=on_disk, sha256=last.split(" ", 1)[0])
+        else:
+            try:
+                result = json.loads(last)
+                sample = dataclasses.replace(
+                    base,
+                    bytes=int(result["bytes"]),
+                    seconds=float(result["seconds"]),
+                    cpu_s=float(result["cpu_s"]),
+                    sha256=str(result["sha256"]),
+                    commit_s=result.get("commit_s"),
+                )
+            except (ValueError, KeyError, TypeError) as exc:
+                return dataclasses.replace(base, error=f"unreadable child output {last!r}: {exc}")
+        problems = []
+        if sample.sha256 != self.expected_sha256:
+            problems.append(f"sha256 {sample.sha256 or '(none)'} != expected {self.expected_sha256}")
+        if sample.bytes != self.size or on_disk != self.size:
+            problems.append(f"{sample.bytes} bytes received, {on_disk} on disk, expected {self.size}")
+        return dataclasses.replace(sample, ok=not problems, error="; ".join(problems) or None)
 
 
-def _judge(
-    kind: str, out: str, code: int, wall: float, rss_mib: float, on_disk: int, size: int, expected: str
-) -> Sample:
-    lines = out.strip().splitlines()
-    last = lines[-1] if lines else ""
-    base = Sample(kind, False, 0, wall, wall, rss_mib, "")
-    if code != 0:
-        return _replace(base, error=f"exit status {code}")
-    if kind == "curl":
-        sample = _replace(base, bytes=on_disk, sha256=last.split(" ", 1)[0])
-    else:
-        try:
-            result = json.loads(last)
-            sample = _replace(
-                base,
-                bytes=int(result["bytes"]),
-                seconds=float(result["seconds"]),
-                sha256=str(result["sha256"]),
-                commit_s=result.get("commit_s"),
-            )
-        except (ValueError, KeyError, TypeError) as exc:
-            return _replace(base, error=f"unreadable child output {last!r}: {exc}")
-    problems = []
-    if sample.sha256 != expected:
-        problems.append(f"sha256 {sample.sha256 or '(none)'} != expected {expected}")
-    if sample.bytes != size or on_disk != size:
-        problems.append(f"{sample.bytes} bytes received, {on_disk} on disk, expected {size}")
-    return _replace(sample, ok=not problems, error="; ".join(problems) or None)
-
-
-def _replace(sample: Sample, **changes: Any) -> Sample:
-    return Sample(**{**asdict(sample), **changes})
-
-
-def sha256_ceiling() -> float:
-    """Single-core hashlib.sha256 over an in-memory buffer in 1 MiB updates, MB/s."""
-    view = memoryview(bytes(CEILING_BYTES))
-    digest = hashlib.sha256()
-    start = time.perf_counter()
-    for offset in range(0, CEILING_BYTES, MIB):
-        digest.update(view[offset : offset + MIB])
-    return CEILING_BYTES / (time.perf_counter() - start) / 1e6
-
-
-# --- parent: report ---------------------------------------------------------------------------------
+# --- parent: report ----------------------------------------------------------------------------------
 
 
 def summarise(samples: list[Sample]) -> dict[str, Any]:
@@ -392,62 +391,62 @@ def summarise(samples: list[Sample]) -> dict[str, Any]:
             "min_mb_s": round(min(rates), 1),
             "max_mb_s": round(max(rates), 1),
             "median_peak_rss_mib": round(statistics.median(s.peak_rss_mib for s in good), 1),
+            "median_cpu_s": round(statistics.median(s.cpu_s for s in good), 2),
         }
         commits = [s.commit_s for s in good if s.commit_s is not None]
         if commits:
             summary["median_commit_s"] = round(statistics.median(commits), 3)
     summary["samples"] = [
-        {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(s).items()}
+        {k: round(v, 4) if isinstance(v, float) else v for k, v in dataclasses.asdict(s).items()}
         | {"mb_s": round(s.mb_s, 1)}
         for s in samples
     ]
     return summary
 
 
-def ratio(summary: dict[str, dict[str, Any]], a: str, b: str) -> float | None:
-    top, bottom = summary[a].get("median_mb_s"), summary[b].get("median_mb_s")
-    return round(top / bottom, 2) if top and bottom else None
+def ratio(contenders: dict[str, dict[str, Any]], top: str, bottom: str) -> float | None:
+    a, b = contenders[top].get("median_mb_s"), contenders[bottom].get("median_mb_s")
+    return round(a / b, 2) if a and b else None
 
 
-def print_size(size: int, result: dict[str, Any]) -> None:
-    print(
-        f"\n{human(size)} ({size} bytes), {result['runs']} runs, worker chunk {human(result['chunk_bytes'])}"
-    )
-    print(f"  {'contender':<10}{'median MB/s':>12}{'min':>9}{'max':>9}{'peak RSS MiB':>14}  notes")
+def print_size(result: dict[str, Any], ceiling_mb_s: float) -> None:
+    size, chunk = result["size_bytes"], result["chunk_bytes"]
+    print(f"\n{human(size)} ({size} bytes), {result['runs']} runs, worker chunk {human(chunk)}")
+    print(f"  {'contender':<10}{'MB/s median':>12}{'min':>7}{'max':>7}{'CPU s':>8}{'RSS MiB':>9}  notes")
     for kind in KINDS:
         row = result["contenders"][kind]
-        note = f"fsync+rename {row['median_commit_s']:.2f} s" if "median_commit_s" in row else ""
+        notes = []
         if row["ok_runs"] < row["runs"]:
-            note = f"{row['runs'] - row['ok_runs']} FAILED run(s) " + note
+            notes.append(f"{row['runs'] - row['ok_runs']} run(s) FAILED")
+        if "median_commit_s" in row:
+            notes.append(f"fsync+rename {row['median_commit_s']:.2f} s")
+        if kind == "worker" and row["ok_runs"]:
+            notes.append(f"{row['median_mb_s'] / ceiling_mb_s:.0%} of the sha256 ceiling")
         if not row["ok_runs"]:
-            print(f"  {kind:<10}{'FAILED':>12}  {note}")
+            print(f"  {kind:<10}{'FAILED':>12}  {'; '.join(notes)}")
             continue
         print(
-            f"  {kind:<10}{row['median_mb_s']:>12.0f}{row['min_mb_s']:>9.0f}{row['max_mb_s']:>9.0f}"
-            f"{row['median_peak_rss_mib']:>14.1f}  {note}"
+            f"  {kind:<10}{row['median_mb_s']:>12.0f}{row['min_mb_s']:>7.0f}{row['max_mb_s']:>7.0f}"
+            f"{row['median_cpu_s']:>8.2f}{row['median_peak_rss_mib']:>9.1f}  {'; '.join(notes)}"
         )
     ratios = "   ".join(f"{k} {v:.2f}x" if v else f"{k} n/a" for k, v in result["ratios"].items())
-    print(f"  ratios: {ratios}")
+    print(f"  ratios of medians: {ratios}")
 
 
-def bench_size(
-    children: Children, sim: Simulator, size: int, runs: int, chunk: int
-) -> tuple[dict[str, Any], bool]:
-    url, seed = sim.asset(size)
-    expected = content_sha256(seed, size)
+def bench_size(contest: Contest, runs: int) -> tuple[dict[str, Any], bool]:
     samples: dict[str, list[Sample]] = {kind: [] for kind in KINDS}
     for run in range(runs):
-        for kind in KINDS:
-            sample = run_once(children, kind, url, size, chunk, expected)
+        for kind in KINDS:  # interleaved, so a noisy moment hits every contender alike
+            sample = contest.run(kind)
             samples[kind].append(sample)
             if not sample.ok:
-                print(f"!! {kind} run {run + 1} at {human(size)} FAILED: {sample.error}", file=sys.stderr)
+                print(f"!! {kind} run {run + 1}, {human(contest.size)}: {sample.error}", file=sys.stderr)
     contenders = {kind: summarise(samples[kind]) for kind in KINDS}
     result = {
-        "size_bytes": size,
+        "size_bytes": contest.size,
         "runs": runs,
-        "chunk_bytes": chunk,
-        "expected_sha256": expected,
+        "chunk_bytes": contest.chunk,
+        "expected_sha256": contest.expected_sha256,
         "contenders": contenders,
         "ratios": {
             "worker/curl": ratio(contenders, "worker", "curl"),
@@ -457,25 +456,52 @@ def bench_size(
     return result, all(s.ok for group in samples.values() for s in group)
 
 
+def measure_ceiling(children: Children) -> float:
+    out, code, _ = children.output([sys.executable, str(Path(__file__).resolve()), "--ceiling"], 120.0)
+    if code != 0:
+        raise BenchError(f"sha256 ceiling child failed with exit status {code}")
+    return float(out.strip().splitlines()[-1])
+
+
+def baseline_rss_mib(children: Children, gnu_time: str) -> float:
+    """Peak RSS of a Python child that imports what the contenders import and exits at once."""
+    with tempfile.TemporaryDirectory(prefix="bench-time-", dir="/tmp") as workdir:
+        usage_file = Path(workdir) / "usage"
+        argv = [gnu_time, "-f", "%M", "-o", str(usage_file), sys.executable, str(Path(__file__).resolve())]
+        _, code, _ = children.output([*argv, "--baseline"], 60.0)
+        if code != 0:
+            raise BenchError(f"baseline child failed with exit status {code}")
+        return int(usage_file.read_text().strip().splitlines()[-1]) / 1024
+
+
 def run_bench(sizes: list[int], runs: int, chunk: int) -> int:
     children = Children()
     try:
         sim = start_simulator(children)
-        ceiling = sha256_ceiling()
-        print(f"simulator at {sim.url}; {os.cpu_count()} CPUs; sha256 ceiling (1 core) {ceiling:.0f} MB/s")
-        print("MB/s = 10^6 bytes/s of transfer time; median, min, max over the runs; RSS = largest process")
+        gnu_time = find_gnu_time(children)
+        ceiling = measure_ceiling(children)
+        baseline = baseline_rss_mib(children, gnu_time) if gnu_time else None
+        rss_how = "GNU time" if gnu_time else "wait4, which includes this parent's RSS: an upper bound"
+        print(f"simulator {sim.url}; {os.cpu_count()} CPUs; sha256 ceiling (1 core) {ceiling:.0f} MB/s")
+        print(f"MB/s = 10^6 B/s; median/min/max over runs; CPU s and peak RSS are medians ({rss_how})")
+        if baseline is not None:
+            print(f"a Python child's RSS after its imports, before any transfer: {baseline:.1f} MiB")
         report: dict[str, Any] = {
             "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "cpus": os.cpu_count(),
             "sha256_ceiling_mb_s": round(ceiling, 1),
+            "rss_source": "gnu_time" if gnu_time else "wait4",
+            "python_baseline_rss_mib": None if baseline is None else round(baseline, 1),
             "sizes": [],
         }
         all_ok = True
         for size in sizes:
-            result, ok = bench_size(children, sim, size, runs, chunk)
+            url, seed = sim.asset(size)
+            contest = Contest(children, gnu_time, url, size, chunk, content_sha256(seed, size))
+            result, ok = bench_size(contest, runs)
             all_ok &= ok
             report["sizes"].append(result)
-            print_size(size, result)
+            print_size(result, ceiling)
         report["ok"] = all_ok
         print(json.dumps(report))
         return 0 if all_ok else 1
@@ -484,18 +510,14 @@ def run_bench(sizes: list[int], runs: int, chunk: int) -> int:
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="bench/transfer.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--sizes", default="256M,1G", help="comma-separated, binary units (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--runs", type=int, default=3, help="runs per contender and size (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--chunk", type=parse_bytes, default=1 << 20, help="worker chunk_bytes and read_bufsize"
-    )
+    parser = argparse.ArgumentParser(prog="bench/transfer.py", description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--sizes", default="256M,1G", help="comma-separated, binary units (%(default)s)")
+    parser.add_argument("--runs", type=int, default=3, help="runs per contender and size (%(default)s)")
+    parser.add_argument("--chunk", type=parse_bytes, default=MIB, help="worker chunk_bytes and read_bufsize")
     parser.add_argument("--child", nargs=3, metavar=("KIND", "URL", "FILE"), help=argparse.SUPPRESS)
-    parser.add_argument("--size", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--size", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--ceiling", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--baseline", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be at least 1")
@@ -507,12 +529,16 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _terminate(signum: int, _frame: FrameType | None) -> None:
-    # SIGTERM unwinds like Ctrl-C, so the finally blocks stop the simulator and any child.
+    # SIGTERM unwinds like Ctrl-C, so the finally blocks stop the simulator and every child.
     raise KeyboardInterrupt(f"signal {signum}")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
+    if args.baseline:
+        return 0  # the imports above are the whole point: see baseline_rss_mib
+    if args.ceiling:
+        return ceiling_main()
     if args.child:
         kind, url, file = args.child
         return child_main(kind, url, Path(file), args.size, args.chunk)
@@ -520,7 +546,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run_bench(args.size_list, args.runs, args.chunk)
     except KeyboardInterrupt:
-        print("interrupted; subprocesses stopped", file=sys.stderr)
+        print("interrupted; the simulator and children are stopped", file=sys.stderr)
         return 130
     except (BenchError, OSError) as exc:
         print(f"benchmark error: {exc}", file=sys.stderr)

@@ -233,37 +233,27 @@ async def _pump(
     chunk_bytes: int,
     on_progress: Callable[[int], None],
 ) -> None:
-    """Copy the body into ``upload`` and ``digest``, overlapping the network with hash and write."""
+    """Copy the body into ``upload`` and ``digest``, overlapping the network with hash and write.
+
+    Each piece aiohttp hands over is hashed and written as it is (no re-chunking: every extra copy
+    of the bytes costs more than the hashing itself), while the next piece is being received.
+    """
 
     async def consume(data: bytes) -> None:
         await asyncio.gather(asyncio.to_thread(digest.update, data), upload.write(data))
         on_progress(len(data))
 
     pending: asyncio.Task[None] | None = None
-    buffer = bytearray()
     try:
         try:
             async for piece in resp.content.iter_chunked(chunk_bytes):
-                buffer += piece
-                if len(buffer) >= chunk_bytes:
-                    data = bytes(buffer)
-                    buffer.clear()
-                    if pending is not None:
-                        await pending
-                    pending = asyncio.create_task(consume(data))
-        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
-            # Keep what did arrive: it is written and hashed below, then the caller resumes.
-            accept_ranges = resp.headers.get("Accept-Ranges", "").lower() == "bytes"
-            if buffer:
                 if pending is not None:
                     await pending
-                pending = asyncio.create_task(consume(bytes(buffer)))
-                buffer.clear()
+                pending = asyncio.create_task(consume(piece))
+        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
+            # What did arrive is written and hashed (below) before the caller resumes after it.
+            accept_ranges = resp.headers.get("Accept-Ranges", "").lower() == "bytes"
             raise _BodyBroke("resumable" if accept_ranges else "not resumable", describe(exc)) from exc
-        if buffer:
-            if pending is not None:
-                await pending
-            pending = asyncio.create_task(consume(bytes(buffer)))
         if pending is not None:
             await pending
             pending = None

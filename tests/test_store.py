@@ -480,9 +480,10 @@ async def test_migrations_run_once_on_an_existing_file(
     store = await open_store(url)
     await store.submit(A, now=1.0)
     await store.close()
-    assert _user_version(path) == len(sqlite_schema.MIGRATIONS) == 1
+    assert _user_version(path) == len(sqlite_schema.MIGRATIONS)
     # A later release adds a column; re-running its ALTER TABLE would fail with "duplicate column".
     extra = ("ALTER TABLE jobs ADD COLUMN note TEXT",)
+    current = len(sqlite_schema.MIGRATIONS)
     monkeypatch.setattr(sqlite_schema, "MIGRATIONS", (*sqlite_schema.MIGRATIONS, extra))
     for _ in range(2):
         store = await open_store(url)
@@ -490,7 +491,7 @@ async def test_migrations_run_once_on_an_existing_file(
             assert [j.key for j in await store.list_jobs()] == [A]
         finally:
             await store.close()
-        assert _user_version(path) == 2
+        assert _user_version(path) == current + 1
 
 
 async def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
@@ -604,3 +605,37 @@ async def _model_write(store: Store, m: Modelled, op: str, owner: str, key: JobK
         m.due_at = now + 5
     else:
         m.final = True
+
+
+async def test_first_release_file_is_brought_forward(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A database written by the first schema version opens with every later migration applied,
+    its receipts intact and the new receipt fields at their defaults."""
+    path = tmp_path / "old.db"
+    url = f"sqlite:///{path}"
+    monkeypatch.setattr(sqlite_schema, "MIGRATIONS", sqlite_schema.MIGRATIONS[:1])
+    old = await open_store(url)
+    await old.submit(A, now=1.0)
+    await old.claim(owner="w", phase=Phase.POLL, now=1.0, lease_s=10, limit=1)
+    await old.mark_ready(A, owner="w", now=2.0, assets=[AssetRef(asset_id="x", url="u")], provider_state={})
+    await old.close()
+    # A receipt as the first release wrote it (its columns only).
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute(
+            """UPDATE assets SET state = 'stored', uri = 'file:///x', size = 3, sha256 = ?,
+                   upstream_verified = 0, stored_at = 3.0""",
+            ("a" * 64,),
+        )
+        db.commit()
+    monkeypatch.undo()
+    receipt = Receipt(
+        asset_id="x", uri="file:///x", size=3, sha256="a" * 64, upstream_verified=False, stored_at=3.0
+    )
+    store = await open_store(url)
+    try:
+        assert _user_version(path) == len(sqlite_schema.MIGRATIONS)
+        (job,) = await store.get([A])
+        assert job.assets[0].receipt == receipt
+        assert await store.find_stored(sha256="a" * 64, size=3) == receipt
+        assert await store.find_stored(sha256="a" * 64, size=4) is None
+    finally:
+        await store.close()

@@ -262,7 +262,7 @@ class Engine:
         return render_key(
             self._settings.path_template,
             provider=job.key.provider,
-            job=job.key.upstream_id,
+            job=self._provider(job).folder(job),
             asset=ref.asset_id,
             ext=ext,
         )

@@ -7,6 +7,7 @@
     ├── InvalidJob                         unknown provider, malformed id → failed, never retried
     ├── UpstreamError (.url, .status)
     │   ├── UpstreamUnavailable            connect error, timeout, 5xx, 429 (.retry_after_s) → retry
+    │   ├── AssetSetChanged (.assets)      the vendor replaced the files → re-resolve
     │   └── UpstreamRejected               401/403/404/other 4xx, malformed body → failed with a code
     ├── TransferError (.expected, .actual)
     │   ├── IncompleteTransfer             short body, reset → retry (resuming where possible)
@@ -112,6 +113,20 @@ class UpstreamUnavailable(UpstreamError):
     ) -> None:
         super().__init__(message, url=url, status=status, code=code)
         self.retry_after_s = retry_after_s
+
+
+class AssetSetChanged(UpstreamError):
+    """The vendor replaced a finished job's files (a regenerate) or took it back to processing.
+
+    ``assets`` is the new set when it is ready, ``None`` when the job must be polled again. The
+    engine re-resolves from it; old and new files are never mixed in one job.
+    """
+
+    code = "asset_set_changed"
+
+    def __init__(self, message: str, *, assets: tuple[object, ...] | None) -> None:
+        super().__init__(message)
+        self.assets = assets
 
 
 class UpstreamRejected(UpstreamError):

@@ -9,6 +9,7 @@ chose. Callers above this module never see an aiohttp exception from an API call
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import random
@@ -25,6 +26,7 @@ from worker.config import HttpSettings
 from worker.errors import UpstreamRejected, UpstreamUnavailable, describe, strip_query
 from worker.lease import Sleep, current_progress, deliberate_sleep
 from worker.policy import Backoff, is_retryable_status, parse_retry_after
+from worker.ratelimit import RateLimiter
 
 log = structlog.get_logger("worker.http")
 
@@ -106,11 +108,13 @@ class HttpClient:
         headers: Mapping[str, str],
         error_reader: ErrorReader = default_error_reader,
         attempts: int | None = None,
+        limiter: RateLimiter | None = None,
     ) -> JsonResponse:
         """GET ``url`` and parse JSON, retrying transient failures.
 
-        Returns 2xx and 304 answers; raises ``UpstreamRejected`` for other statuses or a body
-        that is not JSON, and ``UpstreamUnavailable`` once the attempts are used up.
+        Returns 2xx and 304 answers (304 with ``body`` None); raises ``UpstreamRejected`` for
+        other statuses or a body that is not JSON, and ``UpstreamUnavailable`` once the attempts
+        are used up. With ``limiter``, every attempt (retries too) first takes a token from it.
         """
         retrying = AsyncRetrying(
             stop=stop_after_attempt(attempts or self._settings.request_attempts),
@@ -122,6 +126,11 @@ class HttpClient:
         )
         async for attempt in retrying:
             with attempt:
+                if limiter is not None:
+                    # Waiting for the budget is a deliberate wait: the job's lease stays alive.
+                    progress = current_progress.get()
+                    with progress.waiting() if progress is not None else contextlib.nullcontext():
+                        await limiter.acquire()
                 return await self._get_once(url, headers, error_reader)
         raise AssertionError("unreachable: tenacity either returns or re-raises")  # pragma: no cover
 

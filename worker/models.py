@@ -96,6 +96,11 @@ class Receipt:
     sha256: str
     upstream_verified: bool
     stored_at: float
+    etag: str | None = None
+    version_id: str | None = None
+    # How the copy came to be: "downloaded", "already_present" (an identical object was already
+    # at the destination) or "reused" (an identical stored asset's copy was recorded instead).
+    origin: str = "downloaded"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -21,5 +21,12 @@ class Provider(Protocol):
         ...
 
     async def refresh(self, job: Job, ref: AssetRef) -> AssetRef:
-        """A fresh source for an asset whose URL stopped working (expired or replaced)."""
+        """A fresh source for an asset whose URL stopped working or is about to expire.
+
+        Raises ``AssetSetChanged`` when the asset is no longer part of the job's file set.
+        """
+        ...
+
+    def folder(self, job: Job) -> str:
+        """The ``{job}`` part of destination keys: the upstream id files are grouped under."""
         ...

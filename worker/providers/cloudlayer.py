@@ -95,6 +95,9 @@ class CloudlayerProvider:
             log.warning("unknown_upstream_status", provider=self.name, status=status, job=str(job.key))
         return Pending(status)
 
+    def folder(self, job: Job) -> str:
+        return job.key.upstream_id
+
     async def refresh(self, job: Job, ref: AssetRef) -> AssetRef:
         body = await self._get(f"jobs/{quote(job.key.upstream_id, safe='')}")
         if classify_status(str(body.get("status", ""))) != "success":

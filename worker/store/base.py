@@ -74,7 +74,9 @@ class Store(Protocol):
         polls: int,
         provider_state: dict[str, Any],
     ) -> None:
-        """Still pending upstream: save the poll count and state, set ``due_at``, drop the lease."""
+        """Still pending upstream: state ``polling`` (also from ``downloading``, when the vendor took
+        the job back to processing), save the poll count and provider state, set ``due_at``, drop
+        the lease."""
         ...
 
     async def mark_ready(
@@ -101,6 +103,10 @@ class Store(Protocol):
 
     async def record_receipt(self, key: JobKey, *, owner: str, receipt: Receipt) -> None:
         """Mark one asset ``stored`` with its receipt (once; a second call is a no-op)."""
+        ...
+
+    async def find_stored(self, *, sha256: str, size: int) -> Receipt | None:
+        """The earliest stored receipt of any job with exactly this content, if one exists."""
         ...
 
     async def fail_asset(self, key: JobKey, *, owner: str, asset_id: str, error: JobError) -> None:

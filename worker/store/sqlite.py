@@ -172,7 +172,8 @@ class SqliteStore:
                 db,
                 key,
                 owner,
-                """UPDATE jobs SET due_at = ?, updated_at = ?, polls = ?, provider_state = ?,
+                """UPDATE jobs SET state = 'polling', due_at = ?, updated_at = ?, polls = ?,
+                       provider_state = ?,
                        lease_owner = NULL, lease_expires_at = NULL""",
                 (due_at, now, polls, json.dumps(provider_state)),
             )
@@ -262,7 +263,8 @@ class SqliteStore:
             changed = await _run(
                 db,
                 """UPDATE assets SET state = 'stored', uri = ?, size = ?, sha256 = ?,
-                       upstream_verified = ?, stored_at = ?, error_code = NULL, error_message = NULL
+                       upstream_verified = ?, stored_at = ?, etag = ?, version_id = ?, origin = ?,
+                       error_code = NULL, error_message = NULL
                    WHERE job_key = ? AND asset_id = ? AND state != 'stored'""",
                 (
                     receipt.uri,
@@ -270,6 +272,9 @@ class SqliteStore:
                     receipt.sha256,
                     receipt.upstream_verified,
                     receipt.stored_at,
+                    receipt.etag,
+                    receipt.version_id,
+                    receipt.origin,
                     k,
                     receipt.asset_id,
                 ),
@@ -282,6 +287,17 @@ class SqliteStore:
                 )
             else:
                 await _check_asset_exists(db, key, receipt.asset_id)
+
+    async def find_stored(self, *, sha256: str, size: int) -> Receipt | None:
+        async with self._transaction(write=False) as db:
+            rows = list(
+                await db.execute_fetchall(
+                    """SELECT * FROM assets WHERE state = 'stored' AND sha256 = ? AND size = ?
+                       ORDER BY stored_at LIMIT 1""",
+                    (sha256, size),
+                )
+            )
+        return asset_from_row(rows[0]).receipt if rows else None
 
     async def fail_asset(self, key: JobKey, *, owner: str, asset_id: str, error: JobError) -> None:
         async with self._transaction() as db:

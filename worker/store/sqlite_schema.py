@@ -57,6 +57,13 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (job_key, asset_id)
         )""",
     ),
+    (
+        "ALTER TABLE assets ADD COLUMN etag TEXT",
+        "ALTER TABLE assets ADD COLUMN version_id TEXT",
+        "ALTER TABLE assets ADD COLUMN origin TEXT",
+        # Finding a stored copy by content (dedupe) must not scan every receipt.
+        "CREATE INDEX assets_stored_sha256 ON assets (sha256, size) WHERE state = 'stored'",
+    ),
 )
 
 
@@ -101,6 +108,9 @@ def asset_from_row(row: sqlite3.Row) -> AssetRecord:
             sha256=str(row["sha256"]),
             upstream_verified=bool(row["upstream_verified"]),
             stored_at=float(row["stored_at"]),
+            etag=_opt_str(row["etag"]),
+            version_id=_opt_str(row["version_id"]),
+            origin=_opt_str(row["origin"]) or "downloaded",
         )
     error = _error(row["error_code"], row["error_message"]) if state is AssetState.FAILED else None
     return AssetRecord(ref=ref, state=state, receipt=receipt, error=error)

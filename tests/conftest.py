@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.s3server import S3Server, run_seaweedfs
 from worker.config import CloudlayerSettings, HttpSettings, PollSettings, Settings
 from worker.simulator.app import Simulator, start_simulator
 
@@ -27,6 +28,13 @@ class RecordingSleep:
     async def __call__(self, seconds: float) -> None:
         self.delays.append(seconds)
         await asyncio.sleep(min(seconds, self._cap_s))
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """One real S3-compatible server (SeaweedFS) on loopback for the whole session."""
+    with run_seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as server:
+        yield server
 
 
 @pytest.fixture

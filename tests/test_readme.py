@@ -12,7 +12,7 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 
 def test_configuration_table_lists_every_variable() -> None:
     """Every ASSET_WORKER_* variable the code accepts is in the README's table, and no other."""
-    documented = set(re.findall(r"^\| `(ASSET_WORKER_[A-Z_]+)` \|", README.read_text(), re.MULTILINE))
+    documented = set(re.findall(r"^\| `(ASSET_WORKER_[A-Z0-9_]+)` \|", README.read_text(), re.MULTILINE))
     assert documented == set(KNOWN_VARIABLES)
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+
+import structlog
 
 from worker.aio import finish_cleanups
 from worker.clock import Clock, SystemClock
@@ -17,9 +20,12 @@ from worker.policy import Backoff
 from worker.providers.base import Provider
 from worker.providers.cloudlayer import CloudlayerProvider
 from worker.runner import Runner, RunnerSettings
+from worker.sinks.base import Sink
 from worker.sinks.file import FileSink
 from worker.store import Store, open_store
 from worker.transfer import TransferOptions
+
+log = structlog.get_logger("worker.app")
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +34,30 @@ class Worker:
     store: Store
     engine: Engine
     runner: Runner
+
+
+Housekeeping = tuple[Callable[[], Awaitable[None]], float]
+
+
+@asynccontextmanager
+async def _open_sink(settings: Settings) -> AsyncIterator[tuple[Sink, Housekeeping | None]]:
+    """The destination: files on disk, or S3 (one client per process, imported only when used),
+    with the periodic clean-up it needs."""
+    if settings.s3 is None:
+        yield FileSink(dest_path(settings.dest_url)), None
+        return
+    from worker.sinks.s3 import open_s3_sink
+
+    async with open_s3_sink(settings.s3) as s3_sink:
+
+        async def janitor() -> None:
+            report = await s3_sink.abort_stale_uploads()
+            log.info(
+                "s3_janitor", aborted_uploads=report.aborted_uploads, removed_staged=report.removed_staged
+            )
+
+        # At start, then four times per janitor age: a dead worker's uploads go within 1.25 ages.
+        yield s3_sink, (janitor, settings.s3.janitor_age_s / 4)
 
 
 @asynccontextmanager
@@ -47,12 +77,15 @@ async def open_worker(
     sleep = sleep or clock.sleep
     store = await open_store(settings.store_url)
     try:
-        async with new_session(settings.http, read_bufsize=settings.chunk_bytes) as session:
+        async with (
+            contextlib.AsyncExitStack() as stack,
+            new_session(settings.http, read_bufsize=settings.chunk_bytes) as session,
+        ):
             http = HttpClient(session, settings.http, sleep=sleep, wall_clock=clock.now, rand=rand)
             providers: dict[str, Provider] = {
                 "cloudlayer": CloudlayerProvider(http, settings.cloudlayer, settings.poll),
             }
-            sink = FileSink(dest_path(settings.dest_url))
+            sink, housekeeping = await stack.enter_async_context(_open_sink(settings))
             engine = Engine(
                 store=store,
                 providers=providers,
@@ -85,12 +118,12 @@ async def open_worker(
                     grace_s=settings.grace_s,
                 ),
                 clock=clock,
+                housekeeping=housekeeping,
             )
             try:
                 yield Worker(settings, store, engine, runner)
             finally:
                 # Releases and aborts interrupted by a second signal still need the store.
                 await finish_cleanups(timeout_s=5.0)
-                await sink.close()
     finally:
         await store.close()

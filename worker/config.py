@@ -7,6 +7,7 @@ the environment (the CLI passes them as ``overrides``).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import secrets
@@ -20,7 +21,11 @@ from urllib.parse import unquote, urlsplit
 from worker.errors import ConfigError
 from worker.naming import DEFAULT_TEMPLATE, validate_template
 
+# Pure (no botocore), so reading the S3 settings does not load the S3 client.
+from worker.sinks.s3_settings import S3Settings, parse_s3_url
+
 PREFIX = "ASSET_WORKER_"
+DEFAULT_DEST = "file://./assets"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -53,9 +58,23 @@ class CloudlayerSettings:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class LayersSettings:
+    """The Layers partner API: key, base URL, its own poll schedule and the read budget."""
+
+    api_key: str | None = field(default=None, repr=False)
+    base_url: str = "https://api.layers.com"
+    poll: PollSettings = field(
+        default_factory=lambda: PollSettings(initial_s=2.0, max_s=10.0, multiplier=1.3)
+    )
+    reads_per_min: float = 120.0
+    # Refresh a signed media URL this long before its published expiresAt.
+    expiry_margin_s: float = 60.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Settings:
     store_url: str = "sqlite:///./asset-worker.db"
-    dest_url: str = "file://./assets"
+    dest_url: str = DEFAULT_DEST
     path_template: str = DEFAULT_TEMPLATE
     concurrency: int = 8
     poll_concurrency: int = 32
@@ -70,6 +89,8 @@ class Settings:
     poll: PollSettings = field(default_factory=PollSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
     cloudlayer: CloudlayerSettings = field(default_factory=CloudlayerSettings)
+    layers: LayersSettings = field(default_factory=LayersSettings)
+    s3: S3Settings | None = None  # set when dest_url is s3://bucket/prefix
 
 
 def default_worker_id() -> str:
@@ -152,7 +173,41 @@ _HTTP: dict[str, tuple[str, Callable[[str], Any]]] = {
     "CONNECT_TIMEOUT_S": ("connect_timeout_s", _positive_float),
     "READ_TIMEOUT_S": ("read_timeout_s", _positive_float),
 }
-KNOWN_VARIABLES: frozenset[str] = frozenset(PREFIX + name for name in (*_TOP, *_POLL, *_HTTP))
+_LAYERS: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "LAYERS_READS_PER_MIN": ("reads_per_min", _positive_float),
+    "LAYERS_EXPIRY_MARGIN_S": ("expiry_margin_s", _positive_float),
+}
+_LAYERS_POLL: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "LAYERS_POLL_INITIAL_S": ("initial_s", _positive_float),
+    "LAYERS_POLL_MAX_S": ("max_s", _positive_float),
+    "LAYERS_POLL_MULTIPLIER": ("multiplier", _multiplier),
+}
+
+
+def _flag(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("must be true or false")
+
+
+_S3: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "S3_ENDPOINT_URL": ("endpoint_url", _text),
+    "S3_REGION": ("region", _text),
+    "S3_PATH_STYLE": ("path_style", _flag),
+    "S3_STORAGE_CLASS": ("storage_class", _text),
+    "S3_PART_SIZE_BYTES": ("part_size_min_bytes", int),
+    "S3_PARTS_IN_FLIGHT": ("max_parts_in_flight", _positive_int),
+    "S3_JANITOR_AGE_S": ("janitor_age_s", _positive_float),
+    "S3_OVERWRITE": ("overwrite", _flag),
+    "S3_CHECKSUM_MODE": ("checksum_mode", _choice("auto", "require", "off")),
+    "S3_MAX_CONNECTIONS": ("max_connections", _positive_int),
+}
+KNOWN_VARIABLES: frozenset[str] = frozenset(
+    PREFIX + name for name in (*_TOP, *_POLL, *_HTTP, *_LAYERS, *_LAYERS_POLL, *_S3)
+)
 
 
 def from_env(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -183,7 +238,21 @@ def from_env(environ: Mapping[str, str] | None = None, **overrides: Any) -> Sett
         base_url=_base_url(env, "CLOUDLAYER_BASE_URL", "https://api.cloudlayer.io"),
         api_version=_api_version(env.get("CLOUDLAYER_API_VERSION", "v2")),
     )
-    settings = Settings(**top, poll=poll, http=http, cloudlayer=cloudlayer)
+    default_layers = LayersSettings()
+    layers = LayersSettings(
+        api_key=env.get("LAYERS_API_KEY") or None,
+        base_url=_base_url(env, "LAYERS_BASE_URL", default_layers.base_url),
+        poll=dataclasses.replace(
+            default_layers.poll, deadline_s=poll.deadline_s, **_section(env, _LAYERS_POLL)
+        ),
+        **_section(env, _LAYERS),
+    )
+    s3 = None
+    dest_url = str(top.get("dest_url", DEFAULT_DEST))
+    if dest_url.lower().startswith("s3://"):
+        bucket, prefix = parse_s3_url(dest_url)
+        s3 = S3Settings(bucket=bucket, prefix=prefix, **_section(env, _S3))
+    settings = Settings(**top, poll=poll, http=http, cloudlayer=cloudlayer, layers=layers, s3=s3)
     _check(settings)
     return settings
 
@@ -221,9 +290,12 @@ def _check(settings: Settings) -> None:
             f"ASSET_WORKER_POLL_MAX_S ({settings.poll.max_s}) must be >= "
             f"ASSET_WORKER_POLL_INITIAL_S ({settings.poll.initial_s})"
         )
+    if settings.layers.poll.max_s < settings.layers.poll.initial_s:
+        raise ConfigError("ASSET_WORKER_LAYERS_POLL_MAX_S must be >= ASSET_WORKER_LAYERS_POLL_INITIAL_S")
     if settings.http.backoff_max_s < settings.http.backoff_initial_s:
         raise ConfigError("ASSET_WORKER_RETRY_MAX_S must be >= ASSET_WORKER_RETRY_INITIAL_S")
-    dest_path(settings.dest_url)
+    if settings.s3 is None:
+        dest_path(settings.dest_url)
     sqlite_path(settings.store_url)
 
 
@@ -234,7 +306,8 @@ def dest_path(url: str) -> Path:
     parts = urlsplit(url)
     if parts.scheme != "file":
         raise ConfigError(
-            f"ASSET_WORKER_DEST={url!r}: unsupported scheme {parts.scheme!r} (use file://PATH or a path)"
+            f"ASSET_WORKER_DEST={url!r}: unsupported scheme {parts.scheme!r} "
+            "(use file://PATH, a path, or s3://BUCKET/PREFIX)"
         )
     # file://./assets (relative, netloc ".") and file:///abs/path are both accepted.
     raw = unquote(parts.netloc + parts.path)

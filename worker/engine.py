@@ -243,6 +243,9 @@ class Engine:
             return Receipt(
                 asset_id=ref.asset_id,
                 uri=copy.committed.uri,
+                etag=copy.committed.etag,
+                version_id=copy.committed.version_id,
+                origin="already_present" if copy.committed.already_present else "downloaded",
                 size=copy.size,
                 sha256=copy.sha256,
                 upstream_verified=copy.upstream_verified,

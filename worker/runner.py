@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import structlog
@@ -50,7 +50,16 @@ class _Active:
 
 
 class Runner:
-    def __init__(self, *, store: Store, engine: Engine, settings: RunnerSettings, clock: Clock) -> None:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        engine: Engine,
+        settings: RunnerSettings,
+        clock: Clock,
+        housekeeping: tuple[Callable[[], Awaitable[None]], float] | None = None,
+    ) -> None:
+        self._housekeeping = housekeeping
         self._store = store
         self._engine = engine
         self._settings = settings
@@ -66,12 +75,15 @@ class Runner:
         """Work until ``stop`` is set (or, with ``until_idle``, until no job is left unfinished)."""
         log.info("runner_started", worker_id=self._settings.owner, until_idle=until_idle)
         async with asyncio.TaskGroup() as group:
-            heartbeat = group.create_task(self._heartbeat())
+            background = [group.create_task(self._heartbeat())]
+            if self._housekeeping is not None:
+                background.append(group.create_task(self._housekeep(*self._housekeeping)))
             try:
                 await self._claim_loop(group, stop, until_idle)
                 await self._drain()
             finally:
-                heartbeat.cancel()
+                for task in background:
+                    task.cancel()
         log.info("runner_stopped", worker_id=self._settings.owner)
 
     async def _claim_loop(self, group: asyncio.TaskGroup, stop: asyncio.Event, until_idle: bool) -> None:
@@ -190,6 +202,16 @@ class Runner:
                     active.task.cancel()
                 except StoreUnavailable as exc:
                     log.warning("store_unavailable", error=exc.message)
+
+    async def _housekeep(self, chore: Callable[[], Awaitable[None]], interval_s: float) -> None:
+        """Run a destination's clean-up at start and then every ``interval_s``; failures are
+        logged, never fatal (the next round tries again)."""
+        while True:
+            try:
+                await chore()
+            except WorkerError as exc:
+                log.warning("housekeeping_failed", error=exc.code, message=exc.message)
+            await self._clock.sleep(interval_s)
 
     async def _drain(self) -> None:
         """Phase one: let in-flight jobs finish within the grace period; phase two: cancel them."""

@@ -1,23 +1,30 @@
-"""The control API under ``/_sim/`` (JSON, no auth): create jobs, set faults, read the request log, reset.
+"""The control API under ``/_sim/`` (JSON, no auth): create jobs and containers, set keys, rate limits and
+faults, read the request log, reset.
 
 It exists for the demo and for tests or benchmarks running in another process; in-process tests use the
 ``Simulator`` helpers, which call the same ``SimulatorState`` methods. Bad bodies answer 400 with a JSON
-error.
+error (409 for a conflict with existing state, 404 for an unknown container).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from worker.simulator.specs import SpecConflict, SpecError
+from worker.simulator.layers_content import LayersContainer, asset_sha256
+from worker.simulator.specs import SpecConflict, SpecError, SpecNotFound
 from worker.simulator.state import STATE_KEY
 
 __all__ = ["setup_control"]
 
 Handler = Callable[[web.Request], Awaitable[web.Response]]
+
+# Above this size an asset's sha256 is left out of the creation answer rather than computed there (about
+# 3 s per GiB); tests with big assets use ``content_sha256`` themselves, and the descriptor has it.
+_EAGER_SHA256_MAX_BYTES = 64 << 20
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -43,6 +50,8 @@ def _spec_errors(handler: Handler) -> Handler:
             return await handler(request)
         except SpecConflict as exc:
             return _error(409, str(exc))
+        except SpecNotFound as exc:
+            return _error(404, str(exc))
         except SpecError as exc:
             return _error(400, str(exc))
 
@@ -57,6 +66,68 @@ async def create_cloudlayer_job(request: web.Request) -> web.Response:
         {"id": job.id, "asset_id": job.asset_id, "seed": job.seed, "size": job.size, "ext": job.ext},
         status=201,
     )
+
+
+async def _layers_assets_json(container: LayersContainer) -> dict[str, object]:
+    """The container's id and current assets with everything a test needs to aim at and check them."""
+    assets = []
+    for asset in container.generation.assets:
+        entry: dict[str, object] = {
+            "assetId": asset.asset_id,
+            "kind": asset.kind,
+            "seed": asset.seed,
+            "size": asset.size,
+            "mimeType": asset.mime_type,
+        }
+        if asset.size <= _EAGER_SHA256_MAX_BYTES:
+            entry["sha256"] = await asyncio.to_thread(asset_sha256, asset.seed, asset.size)
+        assets.append(entry)
+    return {"id": container.id, "assets": assets}
+
+
+@_spec_errors
+async def create_layers_container(request: web.Request) -> web.Response:
+    """``POST /_sim/layers/containers``: a container with its timing, outcome, assets and quirks."""
+    container = request.app[STATE_KEY].add_layers_container(await _object_body(request))
+    return web.json_response(await _layers_assets_json(container), status=201)
+
+
+@_spec_errors
+async def create_layers_job(request: web.Request) -> web.Response:
+    """``POST /_sim/layers/jobs``: a job with a new container (``container``) or an existing one."""
+    state = request.app[STATE_KEY]
+    job = state.add_layers_job(await _object_body(request))
+    return web.json_response({"jobId": job.id, "containerId": f"cnt_{job.container_uuid}"}, status=201)
+
+
+@_spec_errors
+async def regenerate_layers_container(request: web.Request) -> web.Response:
+    """``POST /_sim/layers/containers/:id/regenerate``: the new asset list."""
+    state = request.app[STATE_KEY]
+    container = state.regenerate_layers_container(
+        request.match_info["container_id"], await _object_body(request)
+    )
+    return web.json_response(await _layers_assets_json(container))
+
+
+@_spec_errors
+async def put_layers_key(request: web.Request) -> web.Response:
+    """``PUT /_sim/layers/keys``: accept a key with the given scopes (default: content:read, jobs:read)."""
+    body = await _object_body(request)
+    scopes = request.app[STATE_KEY].set_layers_key(body)
+    return web.json_response({"key": body["key"], "scopes": sorted(scopes)})
+
+
+@_spec_errors
+async def put_layers_rate(request: web.Request) -> web.Response:
+    """``PUT /_sim/layers/rate``: ``{"tier"?, "reads_per_min"?}``; null reads_per_min disables the limit."""
+    limits = request.app[STATE_KEY].layers_rate.configure(await _object_body(request))
+    return web.json_response(limits)
+
+
+async def get_layers_rate(request: web.Request) -> web.Response:
+    """``GET /_sim/layers/rate``: the limits in force."""
+    return web.json_response(request.app[STATE_KEY].layers_rate.to_json())
 
 
 @_spec_errors
@@ -96,7 +167,7 @@ async def clear_requests(request: web.Request) -> web.Response:
 
 
 async def reset(request: web.Request) -> web.Response:
-    """``POST /_sim/reset``: forget jobs, files, faults and the log."""
+    """``POST /_sim/reset``: forget jobs, containers, files, faults, rate-limit usage and the log."""
     request.app[STATE_KEY].reset()
     return web.json_response({"reset": True})
 
@@ -108,6 +179,16 @@ def setup_control(app: web.Application) -> None:
     """
     router = app.router
     router.add_post("/_sim/cloudlayer/jobs", create_cloudlayer_job, name="sim.cloudlayer_jobs")
+    router.add_post("/_sim/layers/containers", create_layers_container, name="sim.layers_containers")
+    router.add_post(
+        "/_sim/layers/containers/{container_id}/regenerate",
+        regenerate_layers_container,
+        name="sim.layers_regen",
+    )
+    router.add_post("/_sim/layers/jobs", create_layers_job, name="sim.layers_jobs")
+    router.add_put("/_sim/layers/keys", put_layers_key, name="sim.layers_keys")
+    router.add_put("/_sim/layers/rate", put_layers_rate, name="sim.layers_rate")
+    router.add_get("/_sim/layers/rate", get_layers_rate, name="sim.layers_rate")
     router.add_post("/_sim/faults", add_fault, name="sim.faults")
     router.add_get("/_sim/faults", list_faults, name="sim.faults")
     router.add_delete("/_sim/faults", clear_faults, name="sim.faults")

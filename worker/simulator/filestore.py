@@ -1,13 +1,14 @@
 """The files the simulated storage host can serve, and its pre-signed URLs (pure: no I/O).
 
 Each vendor module registers a ``FileEntry`` under a file name when it creates an asset; the file host
-(``files.py``) serves it from ``ready_at`` on. URLs look like S3 pre-signed URLs: a random signature (never
-checked, as the worker must treat it as opaque) and an expiry that is enforced only when the entry has a
-TTL.
+(``files.py``) serves it from ``ready_at`` on (until ``gone_at`` when the asset was replaced). URLs look
+like S3 pre-signed URLs: a random signature (never checked, as the worker must treat it as opaque) and an
+expiry that is enforced only when the entry has a TTL.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 from dataclasses import dataclass
 from urllib.parse import quote, urlencode
@@ -34,9 +35,12 @@ class FileEntry:
     content_type: str
     ready_at: float | None  # state-clock time from which the file exists; None: never (e.g. a failed job)
     url_ttl_s: float | None = None  # None: URLs never expire
+    gone_at: float | None = None  # state-clock time from which the file is deleted (a replaced asset)
 
     def exists(self, now: float) -> bool:
         """Whether the storage host has the file at ``now``."""
+        if self.gone_at is not None and now >= self.gone_at:
+            return False
         return self.ready_at is not None and now >= self.ready_at
 
 
@@ -55,6 +59,12 @@ class FileStore:
     def get(self, name: str) -> FileEntry | None:
         """The entry for ``name``, if registered."""
         return self._entries.get(name)
+
+    def retire(self, name: str, at: float) -> None:
+        """Delete the file from ``at`` on (state clock): its URLs answer 404 then, like a replaced object."""
+        entry = self._entries[name]
+        if entry.gone_at is None or at < entry.gone_at:
+            self._entries[name] = dataclasses.replace(entry, gone_at=at)
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 
-__all__ = ["SpecConflict", "SpecError", "SpecReader"]
+__all__ = ["SpecConflict", "SpecError", "SpecNotFound", "SpecReader"]
 
 _ABSENT = object()
 
@@ -20,6 +20,10 @@ class SpecError(ValueError):
 
 class SpecConflict(SpecError):
     """A spec is well formed but collides with existing state (e.g. a job id already taken): 409."""
+
+
+class SpecNotFound(SpecError):
+    """A spec names something that does not exist (e.g. the container to regenerate): 404."""
 
 
 class SpecReader:
@@ -108,6 +112,28 @@ class SpecReader:
         if not isinstance(value, bool):
             raise self._fail(key, "a boolean", value)
         return value
+
+    def has(self, key: str) -> bool:
+        """Whether the field was given at all (even as null) and is not yet read."""
+        return key in self._raw
+
+    def opt_object(self, key: str) -> dict[str, object] | None:
+        """A nested JSON object, or None when absent or null."""
+        value = self._take(key)
+        if value is _ABSENT or value is None:
+            return None
+        if not isinstance(value, Mapping):
+            raise self._fail(key, "an object", value)
+        return dict(value)
+
+    def opt_list(self, key: str) -> list[object] | None:
+        """A JSON array, or None when absent or null; the caller checks the items."""
+        value = self._take(key)
+        if value is _ABSENT or value is None:
+            return None
+        if not isinstance(value, list | tuple):
+            raise self._fail(key, "a list", value)
+        return list(value)
 
     def finish(self) -> None:
         """Refuse unknown fields: a typo in a test's spec must not silently fall back to a default."""

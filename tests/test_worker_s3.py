@@ -1,0 +1,105 @@
+"""The whole worker publishing to S3 (SeaweedFS on loopback): verified objects, clear failures."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import aiobotocore.session
+import pytest
+
+from tests.conftest import SettingsFactory
+from tests.s3server import S3Server
+from worker.app import open_worker
+from worker.models import Job, JobKey, JobState
+from worker.simulator.app import Simulator
+from worker.simulator.content import content_bytes, content_sha256
+from worker.sinks.s3_settings import S3Settings
+from worker.statusview import job_to_json
+
+
+@pytest.fixture
+def aws_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Credentials through the standard chain (environment variables), as in production."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server.secret_key)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    for name in ("AWS_PROFILE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+async def s3_client(s3_server: S3Server, aws_env: None) -> AsyncIterator[object]:
+    session = aiobotocore.session.get_session()
+    async with session.create_client(
+        "s3", endpoint_url=s3_server.endpoint_url, region_name="us-east-1"
+    ) as client:
+        yield client
+
+
+def s3_settings(server: S3Server, prefix: str) -> S3Settings:
+    return S3Settings(
+        bucket=server.bucket,
+        prefix=prefix,
+        endpoint_url=server.endpoint_url,
+        region="us-east-1",
+        path_style=True,
+        part_size_min_bytes=5 * 1024 * 1024,
+    )
+
+
+async def run(settings_factory: SettingsFactory, s3: S3Settings, keys: list[str]) -> list[Job]:
+    settings = settings_factory(dest_url=f"s3://{s3.bucket}/{s3.prefix}", s3=s3)
+    async with open_worker(settings) as worker:
+        parsed = [JobKey.parse(k) for k in keys]
+        for key in parsed:
+            await worker.store.submit(key, now=time.time())
+        await asyncio.wait_for(worker.runner.run(stop=asyncio.Event(), until_idle=True), 60)
+        return await worker.store.get(parsed)
+
+
+async def test_assets_land_in_s3_verified(
+    sim: Simulator, make_settings: SettingsFactory, s3_server: S3Server, aws_env: None, s3_client: object
+) -> None:
+    """A small and a multipart asset end up as objects with the right bytes and sha256 metadata."""
+    prefix = f"w/{uuid.uuid4().hex[:10]}"
+    small = sim.add_cloudlayer_job(id="s3-small", pending_s=0, size=300_000)
+    large = sim.add_cloudlayer_job(id="s3-large", pending_s=0, size=23 * 1024 * 1024 + 5)
+    jobs = await run(
+        make_settings, s3_settings(s3_server, prefix), ["cloudlayer:s3-small", "cloudlayer:s3-large"]
+    )
+    for job, sim_job in zip(jobs, (small, large), strict=True):
+        assert job.state is JobState.DONE, job.error
+        status = job_to_json(job)["assets"][0]
+        key = f"{prefix}/cloudlayer/{sim_job.id}/{sim_job.asset_id}.pdf"
+        assert status["uri"] == f"s3://{s3_server.bucket}/{key}"
+        assert status["sha256"] == content_sha256(sim_job.seed, sim_job.size)
+        obj = await s3_client.get_object(Bucket=s3_server.bucket, Key=key)  # type: ignore[attr-defined]
+        async with obj["Body"] as body:
+            data = await body.read()
+        assert data == content_bytes(sim_job.seed, sim_job.size)
+        assert obj["Metadata"]["sha256"] == status["sha256"]
+        receipt = job.assets[0].receipt
+        assert receipt is not None and receipt.etag
+
+
+async def test_wrong_credentials_fail_the_job_clearly(
+    sim: Simulator,
+    make_settings: SettingsFactory,
+    s3_server: S3Server,
+    aws_env: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A destination that refuses our credentials fails the job at once with a StorageRejected code."""
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    sim.add_cloudlayer_job(id="s3-denied", pending_s=0, size=10_000)
+    (job,) = await run(
+        make_settings, s3_settings(s3_server, f"w/{uuid.uuid4().hex[:10]}"), ["cloudlayer:s3-denied"]
+    )
+    assert job.state is JobState.FAILED and job.error is not None
+    # SeaweedFS answers SignatureDoesNotMatch or a bare 403 depending on the call; both are permanent.
+    assert job.error.code in {"invalid_credentials", "access_denied"}
+    assert "403" in job.error.message or "Signature" in job.error.message
+    assert len(sim.requests("files")) <= 1  # not retried: a retry cannot fix credentials

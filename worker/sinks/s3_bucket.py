@@ -1,0 +1,426 @@
+"""The S3 calls the sink makes, each translated to the exception tree, with the client's settings.
+
+Every botocore call of the S3 destination goes through ``Bucket``, so errors are translated in one
+place (``s3_errors.translate``). Two optional features are used where the store has them and
+dropped, once and logged, where it does not:
+
+- SHA256 checksums (``x-amz-checksum-sha256`` on every part and single PUT): the store verifies
+  what it received. ``checksum_mode="auto"`` drops them after a store refuses them, ``"require"``
+  fails instead, ``"off"`` never sends them. The refusal shows on the first request carrying
+  them (``PutObject`` or ``CreateMultipartUpload``); the parts of an upload created with
+  checksums always carry them.
+- ``If-None-Match: *`` on the final write when overwriting is off, which turns the check "is there
+  already an object under the key" into an atomic one (two replicas racing for one key).
+
+A feature is only dropped when the same request without it succeeds, so an unrelated error is
+never mistaken for a missing feature.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import io
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import botocore.exceptions
+import structlog
+from aiobotocore.config import AioConfig
+
+from worker.aio import shielded
+from worker.sinks.s3_errors import error_code, is_feature_rejection, is_not_found, translate
+from worker.sinks.s3_parts import MAX_SINGLE_COPY_BYTES, copy_ranges, part_size_for
+from worker.sinks.s3_settings import S3Settings
+
+if TYPE_CHECKING:
+    from types_aiobotocore_s3.client import S3Client
+    from types_aiobotocore_s3.type_defs import CompletedPartTypeDef
+
+T = TypeVar("T")
+log = structlog.get_logger("worker.sinks.s3")
+
+SHA256_METADATA = "sha256"
+USER_AGENT_EXTRA = "asset-worker/0.1"
+# botocore's standard retry mode: exponential backoff with jitter for throttling, 5xx and network
+# errors, a bounded number of attempts, and no blind retry of 4xx answers such as BadDigest (legacy
+# mode retried those four times, 6-10 s). Past these attempts the asset's own retry takes over.
+RETRY_ATTEMPTS = 3
+CONNECT_TIMEOUT_S = 10.0
+READ_TIMEOUT_S = 60.0
+
+
+def client_config(settings: S3Settings) -> AioConfig:
+    """The one client's configuration (see the module docstring of ``worker.sinks.s3``)."""
+    return AioConfig(
+        region_name=settings.region,
+        retries={"mode": "standard", "total_max_attempts": RETRY_ATTEMPTS},
+        connect_timeout=CONNECT_TIMEOUT_S,
+        read_timeout=READ_TIMEOUT_S,
+        max_pool_connections=settings.max_connections,
+        s3={"addressing_style": "path" if settings.path_style else "auto"},
+        # We send SHA256 checksums ourselves where wanted; botocore's default (CRC32 on every
+        # upload) would send a second checksum header that some stores refuse.
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        user_agent_extra=USER_AGENT_EXTRA,
+    )
+
+
+def sha256_b64(data: bytes | bytearray | memoryview) -> str:
+    """The ``x-amz-checksum-sha256`` value of ``data``: base64 of the binary digest."""
+    return base64.b64encode(hashlib.sha256(data).digest()).decode("ascii")
+
+
+def _etag(value: str | None) -> str | None:
+    """An ETag without its quotes: stores differ in whether CopyObject's result has them."""
+    return value.strip('"') if value else None
+
+
+def hex_to_b64(sha256_hex: str) -> str:
+    return base64.b64encode(bytes.fromhex(sha256_hex)).decode("ascii")
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    """What a HEAD says about an object."""
+
+    size: int
+    sha256: str | None
+    etag: str | None
+    version_id: str | None
+    last_modified: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    """What the store said about an object it just wrote."""
+
+    etag: str | None
+    version_id: str | None
+
+
+class Bucket:
+    """One bucket through the process's one client; see the module docstring."""
+
+    def __init__(self, client: S3Client, settings: S3Settings) -> None:
+        self.client = client
+        self.name = settings.bucket
+        self._settings = settings
+        self.checksums = settings.checksum_mode != "off"
+        self.conditional_writes = True
+        # Above this, a server-side copy is a multipart copy; an attribute so tests can lower it.
+        self.single_copy_max_bytes = MAX_SINGLE_COPY_BYTES
+
+    async def head(self, object_key: str, *, key: str) -> ObjectInfo | None:
+        """The object under ``object_key``, or None when there is none."""
+        try:
+            resp = await self.client.head_object(Bucket=self.name, Key=object_key)
+        except botocore.exceptions.ClientError as exc:
+            if is_not_found(exc):
+                return None
+            raise translate(exc, action="HeadObject", key=key) from exc
+        except Exception as exc:
+            raise translate(exc, action="HeadObject", key=key) from exc
+        return ObjectInfo(
+            size=resp["ContentLength"],
+            sha256=resp.get("Metadata", {}).get(SHA256_METADATA),
+            etag=_etag(resp.get("ETag")),
+            version_id=resp.get("VersionId"),
+            last_modified=resp.get("LastModified"),
+        )
+
+    async def put(
+        self,
+        object_key: str,
+        body: bytes,
+        *,
+        key: str,
+        sha256_hex: str,
+        content_type: str | None,
+        if_absent: bool,
+    ) -> Written:
+        """One PutObject carrying the whole-object sha256 as checksum and as metadata."""
+        base = self._object_args(object_key, content_type, sha256_hex)
+
+        async def call(checksum: bool, conditional: bool) -> Written:
+            args = dict(base, Body=io.BytesIO(body))
+            if checksum:
+                args["ChecksumSHA256"] = hex_to_b64(sha256_hex)
+            if conditional:
+                args["IfNoneMatch"] = "*"
+            resp = await self.client.put_object(**args)
+            return Written(etag=_etag(resp.get("ETag")), version_id=resp.get("VersionId"))
+
+        return await self._call(call, action="PutObject", key=key, checksum=True, conditional=if_absent)
+
+    async def create_multipart(
+        self, object_key: str, *, key: str, sha256_hex: str | None, content_type: str | None, staged: bool
+    ) -> tuple[str, bool]:
+        """Start a multipart upload; returns its id and whether its parts carry checksums."""
+        base = self._object_args(object_key, content_type, sha256_hex, staged=staged)
+
+        async def call(checksum: bool, _conditional: bool) -> tuple[str, bool]:
+            args = dict(base, ChecksumAlgorithm="SHA256") if checksum else base
+            resp = await self.client.create_multipart_upload(**args)
+            return resp["UploadId"], checksum
+
+        return await self._call(call, action="CreateMultipartUpload", key=key, checksum=True)
+
+    async def upload_part(
+        self, object_key: str, upload_id: str, number: int, body: bytes, *, key: str, checksum: bool
+    ) -> CompletedPartTypeDef:
+        args: dict[str, Any] = {
+            "Bucket": self.name,
+            "Key": object_key,
+            "UploadId": upload_id,
+            "PartNumber": number,
+            # A file-like body: aiohttp streams it rather than writing megabytes in one call, and
+            # BytesIO shares the bytes object instead of copying it.
+            "Body": io.BytesIO(body),
+        }
+        if checksum:
+            # hashlib releases the GIL: hashing a part in a thread keeps the loop receiving.
+            args["ChecksumSHA256"] = await asyncio.to_thread(sha256_b64, body)
+        try:
+            resp = await self.client.upload_part(**args)
+        except Exception as exc:
+            raise translate(exc, action=f"UploadPart {number}", key=key) from exc
+        part: CompletedPartTypeDef = {"PartNumber": number, "ETag": resp["ETag"]}
+        if checksum:
+            # What the store verified the part against (it answers BadDigest otherwise).
+            part["ChecksumSHA256"] = args["ChecksumSHA256"]
+        return part
+
+    async def complete(
+        self, object_key: str, upload_id: str, parts: list[CompletedPartTypeDef], *, key: str, if_absent: bool
+    ) -> Written:
+        async def call(_checksum: bool, conditional: bool) -> Written:
+            args: dict[str, Any] = {
+                "Bucket": self.name,
+                "Key": object_key,
+                "UploadId": upload_id,
+                "MultipartUpload": {"Parts": parts},
+            }
+            if conditional:
+                args["IfNoneMatch"] = "*"
+            resp = await self.client.complete_multipart_upload(**args)
+            return Written(etag=_etag(resp.get("ETag")), version_id=resp.get("VersionId"))
+
+        return await self._call(
+            call, action="CompleteMultipartUpload", key=key, checksum=False, conditional=if_absent
+        )
+
+    async def abort_multipart(self, object_key: str, upload_id: str, *, key: str) -> None:
+        """Abort an upload; one that is already gone is not an error."""
+        try:
+            await self.client.abort_multipart_upload(Bucket=self.name, Key=object_key, UploadId=upload_id)
+        except botocore.exceptions.ClientError as exc:
+            if error_code(exc) == "NoSuchUpload":
+                return
+            raise translate(exc, action="AbortMultipartUpload", key=key) from exc
+        except Exception as exc:
+            raise translate(exc, action="AbortMultipartUpload", key=key) from exc
+
+    async def delete(self, object_key: str, *, key: str) -> None:
+        try:
+            await self.client.delete_object(Bucket=self.name, Key=object_key)
+        except Exception as exc:
+            raise translate(exc, action="DeleteObject", key=key) from exc
+
+    async def copy(
+        self,
+        source_key: str,
+        object_key: str,
+        *,
+        key: str,
+        size: int,
+        sha256_hex: str,
+        content_type: str | None,
+        if_absent: bool,
+    ) -> Written:
+        """Server-side copy to ``object_key`` with new metadata (multipart above 5 GiB)."""
+        if size > self.single_copy_max_bytes:
+            return await self._multipart_copy(
+                source_key,
+                object_key,
+                key=key,
+                size=size,
+                sha256_hex=sha256_hex,
+                content_type=content_type,
+                if_absent=if_absent,
+            )
+        base = self._object_args(object_key, content_type, sha256_hex)
+
+        async def call(_checksum: bool, conditional: bool) -> Written:
+            args = dict(
+                base, CopySource={"Bucket": self.name, "Key": source_key}, MetadataDirective="REPLACE"
+            )
+            if conditional:
+                args["IfNoneMatch"] = "*"
+            resp = await self.client.copy_object(**args)
+            return Written(
+                etag=_etag(resp.get("CopyObjectResult", {}).get("ETag")), version_id=resp.get("VersionId")
+            )
+
+        return await self._call(call, action="CopyObject", key=key, checksum=False, conditional=if_absent)
+
+    async def _multipart_copy(
+        self,
+        source_key: str,
+        object_key: str,
+        *,
+        key: str,
+        size: int,
+        sha256_hex: str,
+        content_type: str | None,
+        if_absent: bool,
+    ) -> Written:
+        base = self._object_args(object_key, content_type, sha256_hex)
+        try:
+            upload_id = (await self.client.create_multipart_upload(**base))["UploadId"]
+        except Exception as exc:
+            raise translate(exc, action="CreateMultipartUpload (copy)", key=key) from exc
+        ranges = copy_ranges(size, part_size_for(size, self._settings.part_size_min_bytes))
+        limit = asyncio.Semaphore(self._settings.max_parts_in_flight)
+
+        async def copy_part(number: int, first: int, last: int) -> CompletedPartTypeDef:
+            async with limit:
+                try:
+                    resp = await self.client.upload_part_copy(
+                        Bucket=self.name,
+                        Key=object_key,
+                        UploadId=upload_id,
+                        PartNumber=number,
+                        CopySource={"Bucket": self.name, "Key": source_key},
+                        CopySourceRange=f"bytes={first}-{last}",
+                    )
+                except Exception as exc:
+                    raise translate(exc, action=f"UploadPartCopy {number}", key=key) from exc
+                return {"PartNumber": number, "ETag": resp["CopyPartResult"]["ETag"]}
+
+        tasks = [asyncio.create_task(copy_part(n, a, b)) for n, (a, b) in enumerate(ranges, 1)]
+        try:
+            parts = list(await asyncio.gather(*tasks))
+            return await self.complete(object_key, upload_id, parts, key=key, if_absent=if_absent)
+        except BaseException:
+            await shielded(self._cancel_copy(tasks, object_key, upload_id, key=key))
+            raise
+
+    async def _cancel_copy(
+        self, tasks: list[asyncio.Task[CompletedPartTypeDef]], object_key: str, upload_id: str, *, key: str
+    ) -> None:
+        for task in tasks:
+            task.cancel()
+        # Collect every outcome (so none is reported as never retrieved) before aborting.
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.abort_quietly(object_key, upload_id, key=key)
+
+    async def abort_quietly(self, object_key: str, upload_id: str, *, key: str) -> None:
+        try:
+            await self.abort_multipart(object_key, upload_id, key=key)
+        except Exception as exc:
+            # The janitor finds it later; the original failure is what the caller must see.
+            log.warning("s3_abort_failed", key=key, error=str(exc))
+
+    async def delete_quietly(self, object_key: str, *, key: str) -> None:
+        try:
+            await self.delete(object_key, key=key)
+        except Exception as exc:
+            log.warning("s3_delete_failed", key=key, error=str(exc))
+
+    async def list_uploads(self, prefix: str) -> AsyncIterator[tuple[str, str, datetime]]:
+        """``(object key, upload id, initiated)`` of every open multipart upload under ``prefix``."""
+        paginator = self.client.get_paginator("list_multipart_uploads")
+        try:
+            async for page in paginator.paginate(Bucket=self.name, Prefix=prefix):
+                for upload in page.get("Uploads", []):
+                    yield upload["Key"], upload["UploadId"], upload["Initiated"]
+        except Exception as exc:
+            raise translate(exc, action="ListMultipartUploads", key=prefix) from exc
+
+    async def list_objects(self, prefix: str) -> AsyncIterator[tuple[str, datetime]]:
+        """``(object key, last modified)`` of every object under ``prefix``."""
+        paginator = self.client.get_paginator("list_objects_v2")
+        try:
+            async for page in paginator.paginate(Bucket=self.name, Prefix=prefix):
+                for item in page.get("Contents", []):
+                    yield item["Key"], item["LastModified"]
+        except Exception as exc:
+            raise translate(exc, action="ListObjectsV2", key=prefix) from exc
+
+    def _object_args(
+        self, object_key: str, content_type: str | None, sha256_hex: str | None, *, staged: bool = False
+    ) -> dict[str, Any]:
+        args: dict[str, Any] = {"Bucket": self.name, "Key": object_key}
+        if content_type:
+            args["ContentType"] = content_type
+        if sha256_hex is not None:
+            args["Metadata"] = {SHA256_METADATA: sha256_hex}
+        # A staged object lives for seconds: a cold storage class would bill its minimum duration.
+        if self._settings.storage_class and not staged:
+            args["StorageClass"] = self._settings.storage_class
+        return args
+
+    async def _call(
+        self,
+        call: Callable[[bool, bool], Awaitable[T]],
+        *,
+        action: str,
+        key: str,
+        checksum: bool,
+        conditional: bool = False,
+    ) -> T:
+        """Run ``call(checksum, conditional)`` with the optional features this store accepts."""
+        use_checksum = checksum and self.checksums
+        use_conditional = conditional and self.conditional_writes
+        try:
+            return await call(use_checksum, use_conditional)
+        except botocore.exceptions.ClientError as exc:
+            if not is_feature_rejection(exc):
+                raise translate(exc, action=action, key=key) from exc
+            first = exc
+        except Exception as exc:
+            raise translate(exc, action=action, key=key) from exc
+        can_drop_checksum = use_checksum and self._settings.checksum_mode == "auto"
+        candidates = [(False, use_conditional)] if can_drop_checksum else []
+        if use_conditional:
+            candidates.append((use_checksum, False))
+            if can_drop_checksum:
+                candidates.append((False, False))
+        for with_checksum, with_conditional in candidates:
+            try:
+                result = await call(with_checksum, with_conditional)
+            except botocore.exceptions.ClientError as exc:
+                if is_feature_rejection(exc):
+                    continue
+                raise translate(exc, action=action, key=key) from exc
+            except Exception as exc:
+                raise translate(exc, action=action, key=key) from exc
+            self._drop(
+                first,
+                action,
+                checksums=use_checksum and not with_checksum,
+                conditional=use_conditional and not with_conditional,
+            )
+            return result
+        raise translate(first, action=action, key=key) from first
+
+    def _drop(self, exc: Exception, action: str, *, checksums: bool, conditional: bool) -> None:
+        # Concurrent uploads may all find out at once; only the first one says so.
+        if checksums and self.checksums:
+            self.checksums = False
+            log.warning(
+                "s3_checksums_unsupported", bucket=self.name, action=action, error_code=error_code(exc)
+            )
+        if conditional and self.conditional_writes:
+            self.conditional_writes = False
+            log.warning(
+                "s3_conditional_writes_unsupported",
+                bucket=self.name,
+                action=action,
+                error_code=error_code(exc),
+            )

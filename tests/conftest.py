@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.s3server import S3Server, run_seaweedfs
-from worker.config import CloudlayerSettings, HttpSettings, PollSettings, Settings
+from worker.config import CloudlayerSettings, HttpSettings, LayersSettings, PollSettings, Settings
 from worker.simulator.app import Simulator, start_simulator
 
 
@@ -72,6 +72,12 @@ def make_settings(tmp_path: Path, sim: Simulator) -> SettingsFactory:
                 request_attempts=4, backoff_initial_s=0.05, backoff_max_s=0.2, read_timeout_s=5.0
             ),
             cloudlayer=CloudlayerSettings(api_key=sim.api_key, base_url=sim.url, api_version="v2"),
+            layers=LayersSettings(
+                api_key=sim.layers_api_key,
+                base_url=sim.layers_url,
+                poll=PollSettings(initial_s=0.05, max_s=0.2, multiplier=1.3, deadline_s=30.0),
+                reads_per_min=6000,
+            ),
         )
         return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
 

@@ -19,6 +19,8 @@ from worker.lease import Sleep
 from worker.policy import Backoff
 from worker.providers.base import Provider
 from worker.providers.cloudlayer import CloudlayerProvider
+from worker.providers.layers import LayersProvider
+from worker.ratelimit import RateLimiter
 from worker.runner import Runner, RunnerSettings
 from worker.sinks.base import Sink
 from worker.sinks.file import FileSink
@@ -84,6 +86,13 @@ async def open_worker(
             http = HttpClient(session, settings.http, sleep=sleep, wall_clock=clock.now, rand=rand)
             providers: dict[str, Provider] = {
                 "cloudlayer": CloudlayerProvider(http, settings.cloudlayer, settings.poll),
+                # One limiter for every Layers read of this process: the budget is per API key.
+                "layers": LayersProvider(
+                    http,
+                    settings.layers,
+                    limiter=RateLimiter(per_minute=settings.layers.reads_per_min),
+                    wall_clock=clock.now,
+                ),
             }
             sink, housekeeping = await stack.enter_async_context(_open_sink(settings))
             engine = Engine(
@@ -96,6 +105,7 @@ async def open_worker(
                     poll_deadline_s=settings.poll.deadline_s,
                     max_attempts=settings.max_attempts,
                     transfer=TransferOptions(chunk_bytes=settings.chunk_bytes),
+                    expiry_margin_s=settings.layers.expiry_margin_s,
                     retry_backoff=Backoff(
                         initial_s=settings.http.backoff_initial_s,
                         max_s=settings.http.backoff_max_s,

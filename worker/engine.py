@@ -17,16 +17,21 @@ Error handling by class, never by message:
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import os
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
 
 import aiohttp
 import structlog
 
 from worker.clock import Clock
+from worker.digest import normalise_sha256
 from worker.errors import (
+    AssetSetChanged,
     InvalidJob,
     LeaseLost,
     SourceExpired,
@@ -65,6 +70,8 @@ class EngineSettings:
     max_attempts: int
     transfer: TransferOptions
     retry_backoff: Backoff
+    # Refresh a signed URL this long before its published expiry instead of letting it fail.
+    expiry_margin_s: float = 60.0
 
 
 class Engine:
@@ -161,24 +168,76 @@ class Engine:
             await self._finish(job, owner, JobState.FAILED, error)
             return
         first_error: JobError | None = None
-        for record in job.assets:
-            if record.state is AssetState.STORED:
-                continue
-            if record.state is AssetState.FAILED:
-                first_error = first_error or record.error
-                continue
-            asset_error = await self._store_asset(job, record, lease)
-            first_error = first_error or asset_error
+        try:
+            for record in job.assets:
+                if record.state is AssetState.STORED:
+                    continue
+                if record.state is AssetState.FAILED:
+                    first_error = first_error or record.error
+                    continue
+                asset_error = await self._store_asset(job, record, lease)
+                first_error = first_error or asset_error
+        except AssetSetChanged as changed:
+            await self._resolve_again(job, owner, changed)
+            return
         if first_error is not None:
             await self._finish(job, owner, JobState.FAILED, first_error)
         else:
             await self._finish(job, owner, JobState.DONE, None)
 
+    async def _resolve_again(self, job: Job, owner: str, changed: AssetSetChanged) -> None:
+        """The vendor replaced the job's files: start over from the new set (or from polling).
+
+        Receipts of the old set are dropped from the job (their copies stay where they are), so a
+        job never ends with a mix of old and new files.
+        """
+        now = self._clock.now()
+        old_ids = [a.ref.asset_id for a in job.assets]
+        history = {**job.provider_state, "asset_set_changed_at": now, "replaced_asset_ids": old_ids}
+        if changed.assets is None:
+            await self._store.reschedule(
+                job.key, owner=owner, now=now, due_at=now, polls=job.polls, provider_state=history
+            )
+        else:
+            new = tuple(a for a in changed.assets if isinstance(a, AssetRef))
+            await self._store.mark_ready(job.key, owner=owner, now=now, assets=new, provider_state=history)
+        log.warning(
+            "asset_set_changed",
+            job=str(job.key),
+            old_assets=old_ids,
+            new_assets=None
+            if changed.assets is None
+            else [a.asset_id for a in changed.assets if isinstance(a, AssetRef)],
+            message=changed.message,
+        )
+
+    async def _reuse(self, ref: AssetRef) -> Receipt | None:
+        """A stored copy with exactly the content the vendor published, if this worker holds one."""
+        if ref.expected_sha256 is None or ref.expected_size is None:
+            return None
+        sha256 = normalise_sha256(ref.expected_sha256)
+        if sha256 is None:
+            return None
+        found = await self._store.find_stored(sha256=sha256, size=ref.expected_size)
+        if found is None or not await asyncio.to_thread(_copy_still_there, found):
+            return None
+        return Receipt(
+            asset_id=ref.asset_id,
+            uri=found.uri,
+            size=found.size,
+            sha256=found.sha256,
+            upstream_verified=True,
+            stored_at=self._clock.now(),
+            etag=found.etag,
+            version_id=found.version_id,
+            origin="reused",
+        )
+
     async def _store_asset(self, job: Job, record: AssetRecord, lease: Lease) -> JobError | None:
         owner = lease.token
         try:
-            receipt = await self._fetch_with_retries(job, record.ref, lease)
-        except (LeaseLost, StoreUnavailable):
+            receipt = await self._reuse(record.ref) or await self._fetch_with_retries(job, record.ref, lease)
+        except (LeaseLost, StoreUnavailable, AssetSetChanged):
             raise  # not the asset's fault: the runner decides what happens to the job
         except WorkerError as exc:
             error = JobError(exc.code, exc.message)
@@ -208,6 +267,11 @@ class Engine:
         attempts = self._settings.max_attempts
         needs_refresh = False
         for attempt in range(1, attempts + 1):
+            if (
+                ref.expires_at is not None
+                and self._clock.now() > ref.expires_at - self._settings.expiry_margin_s
+            ):
+                needs_refresh = True
             try:
                 if needs_refresh:
                     ref = await provider.refresh(job, ref)
@@ -223,6 +287,8 @@ class Engine:
                     before_commit=lease.confirm,
                     wall_clock=self._clock.now,
                 )
+            except AssetSetChanged:
+                raise
             except WorkerError as exc:
                 if not exc.retryable or attempt == attempts:
                     raise
@@ -299,3 +365,15 @@ class Engine:
             error_code=error.code if error else None,
             error=error.message if error else None,
         )
+
+
+def _copy_still_there(receipt: Receipt) -> bool:
+    """Whether a stored copy can be reused: a local file must still exist with its size; other
+    destinations are trusted (checking would cost a request per asset)."""
+    if not receipt.uri.startswith("file://"):
+        return True
+    path = unquote(urlsplit(receipt.uri).path)
+    try:
+        return os.path.getsize(path) == receipt.size
+    except OSError:
+        return False

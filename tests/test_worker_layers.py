@@ -1,0 +1,169 @@
+"""The whole worker on Layers content containers, against the simulator's Layers API."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from structlog.testing import capture_logs
+
+from tests.conftest import SettingsFactory
+from worker.app import open_worker
+from worker.config import Settings
+from worker.models import Job, JobKey, JobState
+from worker.simulator.app import Simulator
+from worker.simulator.content import content_sha256
+
+
+async def run_jobs(settings: Settings, keys: list[str], timeout_s: float = 60) -> list[Job]:
+    async with open_worker(settings) as worker:
+        parsed = [JobKey.parse(k) for k in keys]
+        for key in parsed:
+            await worker.store.submit(key, now=time.time())
+        await asyncio.wait_for(worker.runner.run(stop=asyncio.Event(), until_idle=True), timeout_s)
+        return await worker.store.get(parsed)
+
+
+def path_of(uri: str) -> Path:
+    return Path(unquote(urlsplit(uri).path))
+
+
+async def test_video_and_slideshow_land_verified_in_order(
+    sim: Simulator, make_settings: SettingsFactory, tmp_path: Path
+) -> None:
+    """Every asset of a video and of a slideshow is stored under layers/<container>/, upstream-verified."""
+    video = sim.add_layers_container(format="video", size=400_000)
+    slides = sim.add_layers_container(format="slideshow", slides=4, size=50_000)
+    bare_uuid = slides.id.removeprefix("cnt_")
+    jobs = await run_jobs(make_settings(), [f"layers:{video.id}", f"layers:{bare_uuid}"])
+    for job, container in zip(jobs, (video, slides), strict=True):
+        assert job.state is JobState.DONE, job.error
+        expected = container.generation.assets
+        assert [a.ref.asset_id for a in job.assets] == [a.asset_id for a in expected]
+        for record, asset in zip(job.assets, expected, strict=True):
+            receipt = record.receipt
+            assert receipt is not None and receipt.upstream_verified
+            assert receipt.sha256 == content_sha256(asset.seed, asset.size)
+            path = path_of(receipt.uri)
+            assert path == tmp_path / "assets" / "layers" / container.id / f"{asset.asset_id}.{asset.ext}"
+            assert hashlib.sha256(path.read_bytes()).hexdigest() == receipt.sha256
+
+
+async def test_job_key_leads_to_its_container(sim: Simulator, make_settings: SettingsFactory) -> None:
+    """A generation job is followed to the container it produced, using ETags while it runs."""
+    job_spec = sim.add_layers_job(running_s=0.4, container={"format": "video", "size": 30_000})
+    (job,) = await run_jobs(make_settings(), [f"layers:{job_spec.id}"])
+    assert job.state is JobState.DONE, job.error
+    receipt = job.assets[0].receipt
+    assert receipt is not None and f"/layers/cnt_{job_spec.container_uuid}/" in receipt.uri
+    assert 304 in [r.status for r in sim.requests("layers.job")]
+
+
+async def test_legacy_assets_are_computed_not_upstream_verified(
+    sim: Simulator, make_settings: SettingsFactory
+) -> None:
+    """Without a published size or checksum the copy is stored with upstream_verified false."""
+    container = sim.add_layers_container(format="video", size=20_000, legacy=True)
+    (job,) = await run_jobs(make_settings(), [f"layers:{container.id}"])
+    receipt = job.assets[0].receipt
+    assert job.state is JobState.DONE and receipt is not None
+    assert receipt.upstream_verified is False
+    asset = container.generation.assets[0]
+    assert receipt.sha256 == content_sha256(asset.seed, asset.size)
+
+
+async def test_wrong_published_checksum_is_never_stored(
+    sim: Simulator, make_settings: SettingsFactory, tmp_path: Path
+) -> None:
+    """Bytes that do not match the vendor's checksum are retried, then failed; no file is left."""
+    container = sim.add_layers_container(format="video", size=20_000, wrong_checksum=True)
+    (job,) = await run_jobs(make_settings(max_attempts=2), [f"layers:{container.id}"])
+    assert job.state is JobState.FAILED and job.error is not None
+    assert job.error.code == "checksum_mismatch"
+    assert len(sim.requests("files")) == 2
+    assert [p for p in (tmp_path / "assets").rglob("*") if p.is_file()] == []
+
+
+async def test_expiring_url_is_refreshed_before_use(sim: Simulator, make_settings: SettingsFactory) -> None:
+    """A media URL whose expiresAt is within the margin is replaced by a fresh descriptor first."""
+    container = sim.add_layers_container(format="video", size=20_000, url_ttl_s=30)
+    # The margin (60 s) is longer than the URL's life, so every URL counts as about to expire once.
+    (job,) = await run_jobs(make_settings(), [f"layers:{container.id}"])
+    assert job.state is JobState.DONE, job.error
+    assert len(sim.requests("layers.asset")) >= 2  # resolved, then refreshed before downloading
+    assert [r.status for r in sim.requests("files")] == [200]
+
+
+async def test_regenerate_mid_run_re_resolves(sim: Simulator, make_settings: SettingsFactory) -> None:
+    """When the container is regenerated after resolution, the old URLs 404 and the job stores the
+    new set only, never a mix."""
+    container = sim.add_layers_container(format="slideshow", slides=3, size=30_000)
+    settings = make_settings()
+    key = JobKey.parse(f"layers:{container.id}")
+    with capture_logs() as events:
+        async with open_worker(settings) as worker:
+            await worker.store.submit(key, now=time.time())
+            stop = asyncio.Event()
+            # Resolve first (poll phase only), then regenerate before any download.
+            while (await worker.store.get([key]))[0].state is not JobState.DOWNLOADING:
+                from worker.lease import Lease, Progress
+                from worker.store.base import Phase
+
+                claimed = await worker.store.claim(
+                    owner="t", phase=Phase.POLL, now=time.time(), lease_s=5, limit=1
+                )
+                for job in claimed:
+                    await worker.engine.poll(job, Lease("t", Progress(time.time), _no_fence))
+                await asyncio.sleep(0.05)
+            new = sim.regenerate_layers_container(container.id)
+            await asyncio.wait_for(worker.runner.run(stop=stop, until_idle=True), 30)
+            (job,) = await worker.store.get([key])
+    assert job.state is JobState.DONE, job.error
+    new_ids = [a.asset_id for a in new.generation.assets]
+    assert [a.ref.asset_id for a in job.assets] == new_ids
+    assert all(a.receipt is not None for a in job.assets)
+    assert any(e["event"] == "asset_set_changed" for e in events)
+    assert job.provider_state.get("replaced_asset_ids")
+
+
+async def _no_fence() -> None:
+    return None
+
+
+async def test_asset_already_held_is_not_downloaded_again(
+    sim: Simulator, make_settings: SettingsFactory
+) -> None:
+    """An asset whose published checksum matches a stored copy is recorded without a download."""
+    first = sim.add_layers_container(format="video", size=25_000, seed=77)
+    second = sim.add_layers_container(format="video", size=25_000, seed=77)
+    settings = make_settings()
+    await run_jobs(settings, [f"layers:{first.id}"])
+    downloads = len(sim.requests("files"))
+    (job,) = await run_jobs(settings, [f"layers:{second.id}"])
+    assert job.state is JobState.DONE, job.error
+    receipt = job.assets[0].receipt
+    assert receipt is not None and receipt.origin == "reused"
+    assert len(sim.requests("files")) == downloads
+
+
+async def test_scope_and_missing_container_fail_with_vendor_codes(
+    sim: Simulator, make_settings: SettingsFactory
+) -> None:
+    """FORBIDDEN_SCOPE names the scope; an unknown container is NOT_FOUND."""
+    sim.set_layers_key("lp_jobs_only", ["jobs:read"])
+    container = sim.add_layers_container(format="video", size=1000)
+    settings = make_settings()
+    limited = settings.layers.__class__(
+        api_key="lp_jobs_only", base_url=sim.layers_url, poll=settings.layers.poll, reads_per_min=6000
+    )
+    (scoped,) = await run_jobs(make_settings(layers=limited), [f"layers:{container.id}"])
+    assert scoped.error is not None and scoped.error.code == "forbidden_scope"
+    assert "content:read" in scoped.error.message
+    missing = "cnt_00000000-0000-4000-8000-000000000000"
+    (unknown,) = await run_jobs(
+        make_settings(store_url=settings.store_url.replace("store.db", "b.db")), [f"layers:{missing}"]
+    )
+    assert unknown.error is not None and unknown.error.code == "not_found"

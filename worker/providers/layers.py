@@ -1,0 +1,366 @@
+"""Layers partner API: a generation job (``job_...``) or a content container (``cnt_<uuid>``).
+
+A job is polled with ``If-None-Match`` until it completes, then its container; a container until
+``completed``, then each of its assets' descriptors, in order (slide order for a slideshow). The
+descriptor, not the container's summary, is authoritative for the URL, size, checksum and expiry.
+
+Errors come in one envelope, ``{"error": {"code", "message", "requestId", "details"}}``; the code
+is what we branch on and report (lower-cased), never the message. Every read of this provider goes
+through one ``RateLimiter``, because the vendor's read budget is per API key, not per job.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+from urllib.parse import quote
+
+import structlog
+
+from worker.config import LayersSettings
+from worker.errors import AssetSetChanged, InvalidJob, UpstreamRejected
+from worker.httpclient import HttpClient, default_error_reader
+from worker.models import AssetRef, Failed, Job, Pending, PollOutcome, Ready
+from worker.naming import choose_ext
+from worker.policy import Backoff
+from worker.ratelimit import RateLimiter
+
+log = structlog.get_logger("worker.providers.layers")
+
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+# "generating" is the older docs' name for "processing"; both mean "poll again".
+_CONTAINER_PENDING = frozenset({"queued", "processing", "generating"})
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What a job key names upstream: a generation job or a content container (``cnt_<uuid>``)."""
+
+    kind: Literal["job", "container"]
+    id: str
+
+
+def parse_target(upstream_id: str) -> Target:
+    """``job_...`` is a job; ``cnt_<uuid>`` or a bare uuid a container (normalised to ``cnt_``)."""
+    if upstream_id.startswith("job_") and len(upstream_id) > len("job_"):
+        return Target("job", upstream_id)
+    uuid = upstream_id.removeprefix("cnt_").lower()
+    if _UUID.match(uuid):
+        return Target("container", f"cnt_{uuid}")
+    raise InvalidJob(
+        f"Layers id {upstream_id!r} is neither a generation job (job_<id>) nor a content container "
+        "(cnt_<uuid> or a bare uuid)"
+    )
+
+
+# The vendor's codes by HTTP status, for error bodies that carry none (a proxy's page, a bare 503).
+_CODE_BY_STATUS = {
+    401: "unauthenticated",
+    403: "forbidden",
+    404: "not_found",
+    409: "conflict",
+    422: "validation",
+    429: "rate_limited",
+    500: "internal",
+}
+
+
+def read_error(status: int, body: bytes) -> tuple[str, str]:
+    """Layers' error envelope as (code lower-cased, message with a hint and the requestId).
+
+    A body that is not the envelope (a proxy's error page) falls back to the status's meaning.
+    """
+    fallback_code = _CODE_BY_STATUS.get(status) or ("unavailable" if status >= 500 else "upstream_rejected")
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        parsed = None
+    error = parsed.get("error") if isinstance(parsed, dict) else None
+    if not isinstance(error, dict):
+        return fallback_code, default_error_reader(status, body)[1]
+    code = (_text(error.get("code")) or fallback_code).lower()
+    message = _text(error.get("message")) or f"HTTP {status}"
+    if code == "forbidden_scope":
+        details = error.get("details")
+        scope = _text(details.get("requiredScope")) if isinstance(details, dict) else None
+        message = (
+            f"the Layers API key lacks the scope {scope or '(not named)'}: grant "
+            f"{scope or 'content:read and jobs:read'} to the key in LAYERS_API_KEY, or set a key that has it"
+        )
+    elif code == "unauthenticated":
+        message = f"{message}: check LAYERS_API_KEY"
+    request_id = _text(error.get("requestId"))
+    # Layers support can look a request up by this id; it is the one thing worth quoting to them.
+    return code, f"{message} (requestId {request_id})" if request_id else message
+
+
+def parse_time(value: object) -> float | None:
+    """An ISO 8601 time (``...Z``) as UNIX seconds; None when absent or unreadable."""
+    if not isinstance(value, str):
+        return None
+    try:
+        when = datetime.fromisoformat(value.strip())
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()
+
+
+def asset_ref(descriptor: dict[str, Any], *, where: str) -> AssetRef:
+    """An ``AssetRef`` from an asset descriptor; optional fields the vendor left out stay None."""
+    asset_id = _text(descriptor.get("assetId"))
+    url = _text(descriptor.get("url"))
+    if asset_id is None or url is None:
+        raise UpstreamRejected(f"{where}: asset descriptor without assetId or url", code="malformed_response")
+    size = descriptor.get("sizeBytes")
+    checksum = _text(descriptor.get("checksumSha256"))
+    checksum = checksum.lower() if checksum else None
+    mime = _text(descriptor.get("mimeType"))
+    return AssetRef(
+        asset_id=asset_id,
+        url=url,
+        expected_size=size if isinstance(size, int) and not isinstance(size, bool) and size >= 0 else None,
+        # A malformed checksum could never match; verifying against it would fail a good file forever.
+        expected_sha256=checksum if checksum and _SHA256.match(checksum) else None,
+        content_type=mime,
+        ext=_ext(mime, url),
+        expires_at=parse_time(descriptor.get("expiresAt")),
+    )
+
+
+def _ext(mime: str | None, url: str) -> str | None:
+    # The mime type is the vendor's statement; the URL path (a signed media name) only a hint.
+    for ext in (
+        choose_ext(hint=None, url=None, content_type=mime),
+        choose_ext(hint=None, url=url, content_type=None),
+    ):
+        if ext != "bin":
+            return ext
+    return None
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _status(body: dict[str, Any], where: str) -> str:
+    status = _text(body.get("status"))
+    if status is None:
+        raise UpstreamRejected(f"{where}: response has no status", code="malformed_response")
+    return status.strip().lower()
+
+
+def _vendor_error(error: object, *, default_code: str, default_message: str) -> tuple[str, str]:
+    """(code lower-cased, message) of an ``{code, message}`` object that may be null or partial."""
+    if not isinstance(error, dict):
+        return default_code, default_message
+    code = _text(error.get("code"))
+    return (code.lower() if code else default_code), _text(error.get("message")) or default_message
+
+
+def _asset_ids(body: dict[str, Any], where: str) -> list[str]:
+    assets = body.get("assets")
+    if not isinstance(assets, list):
+        raise UpstreamRejected(f"{where}: completed without an assets list", code="malformed_response")
+    ids = [_text(a.get("assetId")) if isinstance(a, dict) else None for a in assets]
+    if any(i is None for i in ids):
+        raise UpstreamRejected(f"{where}: an asset without an assetId", code="malformed_response")
+    return [i for i in ids if i is not None]
+
+
+class LayersProvider:
+    name = "layers"
+
+    def __init__(
+        self,
+        http: HttpClient,
+        settings: LayersSettings,
+        *,
+        limiter: RateLimiter | None = None,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._http = http
+        self._settings = settings
+        # No limiter passed in: keep to the configured read budget on our own rather than to none.
+        self._limiter = limiter or RateLimiter(per_minute=settings.reads_per_min)
+        self._wall_clock = wall_clock
+        poll = settings.poll
+        self.poll_backoff = Backoff(initial_s=poll.initial_s, max_s=poll.max_s, multiplier=poll.multiplier)
+        self._warned_statuses: set[str] = set()
+
+    # -- Provider -----------------------------------------------------------------------------
+
+    async def poll(self, job: Job) -> PollOutcome:
+        target = parse_target(job.key.upstream_id)
+        container_id = self._known_container(job)
+        if container_id is not None:
+            return await self._poll_container(container_id)
+        return await self._poll_job(job, target.id)
+
+    async def refresh(self, job: Job, ref: AssetRef) -> AssetRef:
+        container_id = self._known_container(job) or await self._container_of_job(job)
+        # Two rounds: a descriptor 404 means a regenerate landed between the two reads, and the
+        # container read again names the set that is current now.
+        for attempt in (1, 2):
+            body, status = await self._container(container_id)
+            where = f"Layers container {container_id}"
+            if status in ("failed", "canceled"):
+                code, message = _vendor_error(
+                    body.get("lastError"), default_code="upstream_error", default_message="no lastError"
+                )
+                code = "canceled" if status == "canceled" else code
+                raise UpstreamRejected(f"{where} is {status}: {message}", code=code)
+            if status != "completed":
+                raise AssetSetChanged(f"{where} went back to {status!r}; poll it again", assets=None)
+            ids = _asset_ids(body, where)
+            try:
+                if ref.asset_id in ids:
+                    return await self._descriptor(container_id, ref.asset_id)
+                fresh = await self._descriptors(container_id, ids)
+            except UpstreamRejected as exc:
+                if exc.code != "not_found" or attempt == 2:
+                    raise
+                continue
+            raise AssetSetChanged(
+                f"{where} was regenerated: asset {ref.asset_id} is gone, now {', '.join(ids)}", assets=fresh
+            )
+        raise AssertionError("unreachable: the second round returns or raises")  # pragma: no cover
+
+    def folder(self, job: Job) -> str:
+        known = self._known_container(job)
+        if known is not None:
+            return known
+        try:
+            return parse_target(job.key.upstream_id).id
+        except InvalidJob:
+            return job.key.upstream_id
+
+    def expires_soon(self, ref: AssetRef) -> bool:
+        """Whether ``ref``'s signed URL expires within ``expiry_margin_s``: refresh it before use."""
+        if ref.expires_at is None:
+            return False
+        return ref.expires_at - self._wall_clock() <= self._settings.expiry_margin_s
+
+    # -- jobs ---------------------------------------------------------------------------------
+
+    async def _poll_job(self, job: Job, job_id: str) -> PollOutcome:
+        previous = job.provider_state.get("etag")
+        headers = {"If-None-Match": previous} if isinstance(previous, str) and previous else {}
+        status_code, body, etag = await self._get(f"jobs/{quote(job_id, safe='')}", headers)
+        if status_code == 304:
+            # Nothing changed since the last poll: the job is still running, and the body was empty.
+            return Pending("running", dict(job.provider_state))
+        where = f"Layers job {job_id}"
+        status = _status(body, where)
+        if status == "completed":
+            return await self._poll_container(self._result_container(body, where))
+        if status in ("failed", "canceled"):
+            code, message = _vendor_error(
+                body.get("error"), default_code="upstream_error", default_message=f"{where} {status}"
+            )
+            return Failed("canceled" if status == "canceled" else code, message)
+        if status != "running":
+            self._warn_unknown(status, where)
+        return Pending(status, {"etag": etag} if etag else {})
+
+    async def _container_of_job(self, job: Job) -> str:
+        """The container of a job whose provider_state lost it (read from the job, no ETag)."""
+        job_id = parse_target(job.key.upstream_id).id
+        _, body, _ = await self._get(f"jobs/{quote(job_id, safe='')}", {})
+        where = f"Layers job {job_id}"
+        if _status(body, where) != "completed":
+            raise AssetSetChanged(f"{where} is no longer completed; poll it again", assets=None)
+        return self._result_container(body, where)
+
+    @staticmethod
+    def _result_container(body: dict[str, Any], where: str) -> str:
+        result = body.get("result")
+        container_id = _text(result.get("containerId")) if isinstance(result, dict) else None
+        listed = body.get("containerIds")
+        if container_id is None and isinstance(listed, list) and listed:
+            container_id = _text(listed[0])
+        if container_id is None:
+            raise UpstreamRejected(f"{where}: completed without a containerId", code="malformed_response")
+        try:
+            return parse_target(container_id).id
+        except InvalidJob as exc:
+            raise UpstreamRejected(f"{where}: {exc.message}", code="malformed_response") from exc
+
+    # -- containers ---------------------------------------------------------------------------
+
+    async def _poll_container(self, container_id: str) -> PollOutcome:
+        state = {"container_id": container_id}
+        where = f"Layers container {container_id}"
+        for attempt in (1, 2):
+            body, status = await self._container(container_id)
+            if status in ("failed", "canceled"):
+                code, message = _vendor_error(
+                    body.get("lastError"), default_code="upstream_error", default_message=f"{where} {status}"
+                )
+                return Failed("canceled" if status == "canceled" else code, message)
+            if status != "completed":
+                if status not in _CONTAINER_PENDING:
+                    self._warn_unknown(status, where)
+                return Pending(status, state)
+            try:
+                refs = await self._descriptors(container_id, _asset_ids(body, where))
+            except UpstreamRejected as exc:
+                # Regenerated between the container read and a descriptor read: read it again.
+                if exc.code != "not_found" or attempt == 2:
+                    raise
+                continue
+            return Ready(refs, state)
+        raise AssertionError("unreachable: the second round returns or raises")  # pragma: no cover
+
+    async def _container(self, container_id: str) -> tuple[dict[str, Any], str]:
+        _, body, _ = await self._get(f"content/{quote(container_id, safe='')}", {})
+        return body, _status(body, f"Layers container {container_id}")
+
+    async def _descriptors(self, container_id: str, asset_ids: list[str]) -> tuple[AssetRef, ...]:
+        # One at a time, in listed order: the limiter paces them anyway, and order is slide order.
+        return tuple([await self._descriptor(container_id, asset_id) for asset_id in asset_ids])
+
+    async def _descriptor(self, container_id: str, asset_id: str) -> AssetRef:
+        path = f"content/{quote(container_id, safe='')}/assets/{quote(asset_id, safe='')}"
+        _, body, _ = await self._get(path, {})
+        return asset_ref(body, where=f"Layers asset {container_id}/{asset_id}")
+
+    # -- shared -------------------------------------------------------------------------------
+
+    def _known_container(self, job: Job) -> str | None:
+        target = parse_target(job.key.upstream_id)
+        if target.kind == "container":
+            return target.id
+        known = job.provider_state.get("container_id")
+        return known if isinstance(known, str) and known else None
+
+    def _warn_unknown(self, status: str, where: str) -> None:
+        # A new intermediate status upstream must not fail jobs that will still succeed.
+        if status not in self._warned_statuses:
+            self._warned_statuses.add(status)
+            log.warning("unknown_upstream_status", provider=self.name, status=status, where=where)
+
+    async def _get(self, path: str, extra_headers: dict[str, str]) -> tuple[int, dict[str, Any], str | None]:
+        """(HTTP status, JSON object or {} for a 304, ETag) of ``GET {base}/v1/{path}``."""
+        if not self._settings.api_key:
+            raise UpstreamRejected("no Layers API key configured: set LAYERS_API_KEY", code="unauthenticated")
+        url = f"{self._settings.base_url}/v1/{path}"
+        response = await self._http.get_json(
+            url,
+            headers={"Authorization": f"Bearer {self._settings.api_key}", **extra_headers},
+            error_reader=read_error,
+            limiter=self._limiter,
+        )
+        etag = next((v for k, v in response.headers.items() if k.lower() == "etag"), None)
+        if response.status == 304:
+            return 304, {}, etag
+        if not isinstance(response.body, dict):
+            raise UpstreamRejected(f"GET {url}: expected a JSON object", url=url, code="malformed_response")
+        return response.status, response.body, etag

@@ -20,18 +20,20 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from worker.app import open_worker
-from worker.config import CloudlayerSettings, PollSettings, Settings
+from worker.config import CloudlayerSettings, LayersSettings, PollSettings, Settings
 from worker.models import Job, JobKey, JobState
 from worker.simulator.app import Simulator, start_simulator
 from worker.simulator.content import content_sha256
 from worker.statusview import render_table
 
+# cloudlayer reports upstream failures as upstream_error; Layers with its own (lower-cased) code.
+_UPSTREAM_FAILURES = frozenset({"upstream_error", "render_failed"})
+
 
 @dataclass(frozen=True, slots=True)
 class PlannedJob:
     key: JobKey
-    seed: int
-    size: int
+    expected: tuple[tuple[int, int], ...]  # (seed, size) of each asset, in order
     fails_upstream: bool
     fault: str | None
 
@@ -58,7 +60,42 @@ def plan_jobs(sim: Simulator, count: int, rng: random.Random) -> list[PlannedJob
         )
         fault = faults[i // 2] if i % 2 == 0 and i // 2 < len(faults) and not fails else None
         _inject(sim, job.id, job.asset_id, fault)
-        planned.append(PlannedJob(JobKey("cloudlayer", job.id), job.seed, job.size, fails, fault))
+        planned.append(PlannedJob(JobKey("cloudlayer", job.id), ((job.seed, job.size),), fails, fault))
+    return planned
+
+
+def plan_layers(sim: Simulator, count: int, rng: random.Random) -> list[PlannedJob]:
+    """Layers videos and slideshows, by container or by generation job; one fails upstream, one
+    is a legacy container without checksums, one meets an expired media URL."""
+    planned: list[PlannedJob] = []
+    for i in range(count):
+        fails = i == count - 1
+        spec: dict[str, object] = {
+            "format": "slideshow" if i % 2 else "video",
+            "size": int(20_000 * (400 ** rng.random())),
+            "processing_s": round(rng.uniform(0.2, 2.0), 2),
+            "legacy": i == 2,
+            "status_style": "generating" if i % 3 == 1 else "processing",
+        }
+        if i % 2:
+            spec["slides"] = 3
+        if fails:
+            spec.update(outcome="failed", last_error={"code": "RENDER_FAILED", "message": "render failed"})
+        if i % 4 == 3:
+            job = sim.add_layers_job(running_s=0.5, container=spec)
+            container = sim.layers_container(f"cnt_{job.container_uuid}")
+            key = JobKey("layers", job.id)
+        else:
+            container = sim.add_layers_container(**spec)
+            key = JobKey("layers", container.id)
+        fault = None
+        if i == 1:
+            fault = "expired"
+            sim.add_fault(
+                route="files", match=container.generation.assets[0].asset_id, kind="expired", count=1
+            )
+        expected = tuple((a.seed, a.size) for a in container.generation.assets)
+        planned.append(PlannedJob(key, expected, fails, fault))
     return planned
 
 
@@ -90,17 +127,23 @@ def demo_settings(base: Settings, directory: Path, sim: Simulator) -> Settings:
         poll=PollSettings(initial_s=0.2, max_s=1.0, multiplier=1.5, deadline_s=120.0),
         http=dataclasses.replace(base.http, backoff_initial_s=0.1, backoff_max_s=1.0),
         cloudlayer=CloudlayerSettings(api_key=sim.api_key, base_url=sim.url, api_version="v2"),
+        layers=LayersSettings(
+            api_key=sim.layers_api_key,
+            base_url=sim.layers_url,
+            poll=PollSettings(initial_s=0.2, max_s=1.0, multiplier=1.3, deadline_s=120.0),
+            reads_per_min=1200,  # the simulator runs at the pilot tier for the demo
+        ),
     )
 
 
-def verify_on_disk(plan: PlannedJob, uri: str) -> bool:
+def verify_on_disk(seed: int, size: int, uri: str) -> bool:
     """Re-read a stored file and compare it with the bytes the simulator generated."""
     path = Path(unquote(urlsplit(uri).path))
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         while chunk := handle.read(1 << 20):
             digest.update(chunk)
-    return path.stat().st_size == plan.size and digest.hexdigest() == content_sha256(plan.seed, plan.size)
+    return path.stat().st_size == size and digest.hexdigest() == content_sha256(seed, size)
 
 
 def fresh_directory(directory: str) -> Path:
@@ -119,9 +162,15 @@ async def run_demo(base: Settings, *, directory: str, jobs: int) -> int:
     root = await asyncio.to_thread(fresh_directory, directory)
     rng = random.Random(2026)
     async with start_simulator() as sim:
-        planned = plan_jobs(sim, jobs, rng)
+        sim.set_layers_tier("pilot")
+        cloudlayer_jobs = plan_jobs(sim, jobs, rng)
+        layers_jobs = plan_layers(sim, max(jobs // 3, 4), rng)
+        planned = cloudlayer_jobs + layers_jobs
         settings = demo_settings(base, root, sim)
-        print(f"simulator on {sim.url}; {len(planned)} cloudlayer jobs; store and files under {root}")
+        print(
+            f"simulator on {sim.url} (Layers on {sim.layers_url}); {len(cloudlayer_jobs)} cloudlayer "
+            f"jobs and {len(layers_jobs)} Layers containers; store and files under {root}"
+        )
         started = time.monotonic()
         async with open_worker(settings) as worker:
             for plan in planned:
@@ -142,19 +191,31 @@ def report(planned: list[PlannedJob], finished: list[Job], elapsed: float) -> in
         job = by_key[str(plan.key)]
         fault = f" (survived {plan.fault})" if plan.fault else ""
         if plan.fails_upstream:
-            ok = job.state is JobState.FAILED and job.error is not None and job.error.code == "upstream_error"
+            ok = (
+                job.state is JobState.FAILED
+                and job.error is not None
+                and job.error.code in _UPSTREAM_FAILURES
+            )
             notes[str(plan.key)] = "failed upstream, as planned" if ok else "UNEXPECTED"
         else:
             receipts = [a.receipt for a in job.assets if a.receipt is not None]
-            ok = job.state is JobState.DONE and len(receipts) == 1 and verify_on_disk(plan, receipts[0].uri)
+            ok = (
+                job.state is JobState.DONE
+                and len(receipts) == len(plan.expected)
+                and all(
+                    verify_on_disk(seed, size, r.uri)
+                    for (seed, size), r in zip(plan.expected, receipts, strict=True)
+                )
+            )
             total_bytes += sum(r.size for r in receipts)
             notes[str(plan.key)] = f"verified{fault}" if ok else f"NOT VERIFIED{fault}"
         surprises += not ok
     print(render_table([by_key[str(p.key)] for p in planned], extra=notes))
     done = sum(1 for j in by_key.values() if j.state is JobState.DONE)
+    files = sum(len(j.assets) for j in by_key.values() if j.state is JobState.DONE)
     failed = sum(1 for j in by_key.values() if j.state is JobState.FAILED)
     print(
-        f"\n{len(planned)} jobs in {elapsed:.1f} s: {done} done and verified on disk "
+        f"\n{len(planned)} jobs in {elapsed:.1f} s: {done} done, {files} files verified on disk "
         f"({total_bytes / 1e6:.1f} MB), {failed} failed upstream as planned, {surprises} surprises"
     )
     return 0 if surprises == 0 else 1

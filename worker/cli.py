@@ -62,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--host", default="127.0.0.1")
     simulate.add_argument("--port", type=int, default=8787)
     simulate.add_argument("--api-key", default="cl-sim-key", help="the cloudlayer API key it accepts")
+    simulate.add_argument("--layers-port", type=int, default=8788, help="port of the Layers API (/v1/...)")
+    simulate.add_argument("--layers-api-key", default="lp_sim_key", help="the Layers bearer key it accepts")
 
     demo = commands.add_parser("demo", help="run the worker end to end against the built-in simulator")
     demo.add_argument("--dir", default="asset-worker-demo", help="where the demo keeps its store and files")
@@ -110,7 +112,13 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         case "simulate":
             from worker.simulator.app import serve
 
-            await serve(args.host, args.port, args.api_key)
+            await serve(
+                args.host,
+                args.port,
+                args.api_key,
+                layers_api_key=args.layers_api_key,
+                layers_port=args.layers_port,
+            )
             return EXIT_OK
         case "demo":
             from worker.demo import run_demo

@@ -167,3 +167,21 @@ async def test_scope_and_missing_container_fail_with_vendor_codes(
         make_settings(store_url=settings.store_url.replace("store.db", "b.db")), [f"layers:{missing}"]
     )
     assert unknown.error is not None and unknown.error.code == "not_found"
+
+
+async def test_media_host_refusal_re_reads_the_container(
+    sim: Simulator, make_settings: SettingsFactory
+) -> None:
+    """A 403 (or 410) from the media host makes the worker re-read the container for fresh URLs."""
+    container = sim.add_layers_container(format="slideshow", slides=2, size=40_000)
+    first = container.generation.assets[0].asset_id
+    sim.add_fault(route="files", match=first, kind="expired", count=1)
+    sim.add_fault(
+        route="files", match=container.generation.assets[1].asset_id, kind="expired", style="410", count=1
+    )
+    (job,) = await run_jobs(make_settings(), [f"layers:{container.id}"])
+    assert job.state is JobState.DONE, job.error
+    routes = [(r.route, r.status) for r in sim.requests() if r.route in ("files", "layers.container")]
+    refused = routes.index(("files", 403))
+    assert ("layers.container", 200) in routes[refused:]
+    assert sorted(r.status for r in sim.requests("files")) == [200, 200, 403, 410]

@@ -639,3 +639,17 @@ async def test_first_release_file_is_brought_forward(tmp_path: Path, monkeypatch
         assert await store.find_stored(sha256="a" * 64, size=4) is None
     finally:
         await store.close()
+
+
+async def test_restart_polling_resets_deadline_and_assets(store: Store) -> None:
+    """Going back to polling counts the deadline from now and drops every asset row."""
+    await store.submit(A, now=1.0)
+    await store.claim(owner="w", phase=Phase.POLL, now=1.0, lease_s=10, limit=1)
+    await store.mark_ready(A, owner="w", now=2.0, assets=[AssetRef(asset_id="x", url="u")], provider_state={})
+    await store.claim(owner="w2", phase=Phase.TRANSFER, now=3.0, lease_s=10, limit=1)
+    await store.restart_polling(A, owner="w2", now=50.0, provider_state={"k": 1})
+    (job,) = await store.get([A])
+    assert job.state is JobState.POLLING and job.polling_since == 50.0 and job.due_at == 50.0
+    assert job.assets == () and job.lease_owner is None and job.provider_state == {"k": 1}
+    with pytest.raises(LeaseLost):
+        await store.restart_polling(A, owner="w2", now=51.0, provider_state={})

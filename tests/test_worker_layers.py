@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import time
 from pathlib import Path
@@ -185,3 +186,49 @@ async def test_media_host_refusal_re_reads_the_container(
     refused = routes.index(("files", 403))
     assert ("layers.container", 200) in routes[refused:]
     assert sorted(r.status or 0 for r in sim.requests("files")) == [200, 200, 403, 410]
+
+
+async def test_container_back_to_processing_is_polled_afresh(
+    sim: Simulator, make_settings: SettingsFactory
+) -> None:
+    """A regenerate that puts the container back to processing sends the job back to polling with a
+    fresh deadline (not the one that started at its first poll), then stores the new set only."""
+    container = sim.add_layers_container(format="video", size=30_000)
+    settings = make_settings()
+    settings = dataclasses.replace(
+        settings,
+        layers=dataclasses.replace(
+            settings.layers, poll=dataclasses.replace(settings.layers.poll, deadline_s=1.0)
+        ),
+    )
+    key = JobKey.parse(f"layers:{container.id}")
+    async with open_worker(settings) as worker:
+        await worker.store.submit(key, now=time.time())
+        from worker.lease import Lease, Progress
+        from worker.store.base import Phase
+
+        while (await worker.store.get([key]))[0].state is not JobState.DOWNLOADING:
+            for job in await worker.store.claim(
+                owner="t", phase=Phase.POLL, now=time.time(), lease_s=5, limit=1
+            ):
+                await worker.engine.poll(job, Lease("t", Progress(time.time), _no_fence))
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(1.2)  # the first polling period's deadline has passed
+        new = sim.regenerate_layers_container(container.id, processing_s=0.4)
+        await asyncio.wait_for(worker.runner.run(stop=asyncio.Event(), until_idle=True), 30)
+        (job,) = await worker.store.get([key])
+    assert job.state is JobState.DONE, job.error
+    assert [a.ref.asset_id for a in job.assets] == [a.asset_id for a in new.generation.assets]
+
+
+async def test_copies_elsewhere_are_not_reused(
+    sim: Simulator, make_settings: SettingsFactory, tmp_path: Path
+) -> None:
+    """After the destination changes, an identical asset is published at the new destination."""
+    first = sim.add_layers_container(format="video", size=25_000, seed=91)
+    second = sim.add_layers_container(format="video", size=25_000, seed=91)
+    await run_jobs(make_settings(), [f"layers:{first.id}"])
+    (job,) = await run_jobs(make_settings(dest_url=str(tmp_path / "elsewhere")), [f"layers:{second.id}"])
+    receipt = job.assets[0].receipt
+    assert receipt is not None and receipt.origin == "downloaded"
+    assert str(tmp_path / "elsewhere") in receipt.uri

@@ -194,22 +194,21 @@ class Engine:
         now = self._clock.now()
         old_ids = [a.ref.asset_id for a in job.assets]
         history = {**job.provider_state, "asset_set_changed_at": now, "replaced_asset_ids": old_ids}
-        if changed.assets is None:
-            await self._store.reschedule(
-                job.key, owner=owner, now=now, due_at=now, polls=job.polls, provider_state=history
-            )
-        else:
-            new = tuple(a for a in changed.assets if isinstance(a, AssetRef))
-            await self._store.mark_ready(job.key, owner=owner, now=now, assets=new, provider_state=history)
+        new = None if changed.assets is None else tuple(a for a in changed.assets if isinstance(a, AssetRef))
         log.warning(
             "asset_set_changed",
             job=str(job.key),
             old_assets=old_ids,
-            new_assets=None
-            if changed.assets is None
-            else [a.asset_id for a in changed.assets if isinstance(a, AssetRef)],
+            new_assets=None if new is None else [a.asset_id for a in new],
             message=changed.message,
         )
+        if new is None:
+            await self._store.restart_polling(job.key, owner=owner, now=now, provider_state=history)
+        elif not new:
+            error = JobError("no_assets", "the vendor replaced the job's files with none")
+            await self._finish(job, owner, JobState.FAILED, error)
+        else:
+            await self._store.mark_ready(job.key, owner=owner, now=now, assets=new, provider_state=history)
 
     async def _reuse(self, ref: AssetRef) -> Receipt | None:
         """A stored copy with exactly the content the vendor published, if this worker holds one."""
@@ -219,7 +218,11 @@ class Engine:
         if sha256 is None:
             return None
         found = await self._store.find_stored(sha256=sha256, size=ref.expected_size)
-        if found is None or not await asyncio.to_thread(_copy_still_there, found):
+        # Only a copy at this worker's destination counts: after a change of ASSET_WORKER_DEST
+        # (another directory, bucket or prefix) the asset is published where it is now configured.
+        if found is None or not self._sink.owns(found.uri):
+            return None
+        if not await asyncio.to_thread(_copy_still_there, found):
             return None
         return Receipt(
             asset_id=ref.asset_id,

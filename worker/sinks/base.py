@@ -50,6 +50,10 @@ class Sink(Protocol):
         """The URI an object under ``key`` has (``file:///...`` or ``s3://...``)."""
         ...
 
+    def owns(self, uri: str) -> bool:
+        """Whether ``uri`` names an object inside this destination (its root, bucket and prefix)."""
+        ...
+
     async def open(
         self,
         key: str,

@@ -119,6 +119,9 @@ class FileSink:
     def uri_for(self, key: str) -> str:
         return self._final_path(key).as_uri()
 
+    def owns(self, uri: str) -> bool:
+        return uri.startswith(self.root.as_uri().rstrip("/") + "/")
+
     async def open(
         self,
         key: str,

@@ -146,6 +146,11 @@ class S3Sink:
     def uri_for(self, key: str) -> str:
         return f"s3://{self.settings.bucket}/{self.object_key(key)}"
 
+    def owns(self, uri: str) -> bool:
+        prefix = f"{self.settings.prefix}/" if self.settings.prefix else ""
+        staging = f"s3://{self.settings.bucket}/{prefix}{STAGING_DIR}/"
+        return uri.startswith(f"s3://{self.settings.bucket}/{prefix}") and not uri.startswith(staging)
+
     def new_staging_key(self) -> str:
         return f"{self._staging_prefix()}{secrets.token_hex(16)}"
 

@@ -79,6 +79,14 @@ class Store(Protocol):
         the lease."""
         ...
 
+    async def restart_polling(
+        self, key: JobKey, *, owner: str, now: float, provider_state: dict[str, Any]
+    ) -> None:
+        """The vendor took a finished job back to processing: state ``polling`` due now, the poll
+        deadline counted afresh from ``now``, every asset row dropped (the next set replaces them,
+        never mixed with the old), the lease dropped."""
+        ...
+
     async def mark_ready(
         self,
         key: JobKey,

@@ -178,6 +178,20 @@ class SqliteStore:
                 (due_at, now, polls, json.dumps(provider_state)),
             )
 
+    async def restart_polling(
+        self, key: JobKey, *, owner: str, now: float, provider_state: dict[str, Any]
+    ) -> None:
+        async with self._transaction() as db:
+            await _update_leased(
+                db,
+                key,
+                owner,
+                """UPDATE jobs SET state = 'polling', due_at = ?, updated_at = ?, polling_since = ?,
+                       provider_state = ?, lease_owner = NULL, lease_expires_at = NULL""",
+                (now, now, now, json.dumps(provider_state)),
+            )
+            await _run(db, "DELETE FROM assets WHERE job_key = ?", (str(key),))
+
     async def mark_ready(
         self,
         key: JobKey,

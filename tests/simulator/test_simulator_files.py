@@ -8,47 +8,16 @@ import hashlib
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
 import pytest
 
+from tests.simulator.conftest import T0, FakeClock
 from worker.simulator import Simulator, SimulatorState, content_bytes, content_sha256, start_simulator
 
 KEY = {"X-API-Key": "cl-sim-key"}
-T0 = 1_700_000_000.0
-
-
-class FakeClock:
-    """A hand-moved clock for the simulator's state."""
-
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-async def sim(clock: FakeClock) -> AsyncIterator[Simulator]:
-    async with start_simulator(state=SimulatorState(clock=clock)) as simulator:
-        yield simulator
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 async def job_body(http: aiohttp.ClientSession, sim: Simulator, job_id: str) -> Any:

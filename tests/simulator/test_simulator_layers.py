@@ -5,48 +5,17 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
-from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
 import aiohttp
 import pytest
 
-from worker.simulator import Simulator, SimulatorState, start_simulator
+from tests.simulator.conftest import T0, FakeClock
+from worker.simulator import Simulator
 from worker.simulator.app import serve
 
-T0 = 1_700_000_000.0
 BEARER = {"Authorization": "Bearer lp_sim_key"}
-
-
-class FakeClock:
-    """A hand-moved clock for the simulator's state."""
-
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-async def sim(clock: FakeClock) -> AsyncIterator[Simulator]:
-    async with start_simulator(state=SimulatorState(clock=clock)) as simulator:
-        yield simulator
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 async def get_json(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
@@ -13,51 +12,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.simulator.conftest import T0, FakeClock
 from worker.simulator import (
     LayersContainer,
     Simulator,
-    SimulatorState,
     content_bytes,
     content_sha256,
-    start_simulator,
 )
 from worker.simulator.layers_content import parse_container_ref
 from worker.simulator.layers_jobs import ulid_like
 from worker.simulator.ratelimit import RateLimiter
 from worker.simulator.specs import SpecError
 
-T0 = 1_700_000_000.0
 BEARER = {"Authorization": "Bearer lp_sim_key"}
-
-
-class FakeClock:
-    """A hand-moved clock for the simulator's state."""
-
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-async def sim(clock: FakeClock) -> AsyncIterator[Simulator]:
-    async with start_simulator(state=SimulatorState(clock=clock)) as simulator:
-        yield simulator
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 async def get_json(

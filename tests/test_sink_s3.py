@@ -493,3 +493,30 @@ async def test_checksums_off_sends_none(
             copy = await fetch(session, sim, job, s3, **published(job))
             assert (await read_back(s3))[1]["Metadata"] == {"sha256": copy.sha256}
     assert refused == []
+
+
+async def test_versioned_bucket_records_version_id(s3_server: S3Server) -> None:
+    """On a versioned bucket the commit reports the object's version id (for the receipt)."""
+    session = aws_session(s3_server)
+    bucket = f"versioned-{uuid.uuid4().hex[:8]}"
+    async with session.create_client(
+        "s3", endpoint_url=s3_server.endpoint_url, region_name="us-east-1"
+    ) as client:
+        await client.create_bucket(Bucket=bucket)
+        await client.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+        settings = S3Settings(
+            bucket=bucket,
+            prefix="p",
+            endpoint_url=s3_server.endpoint_url,
+            region="us-east-1",
+            path_style=True,
+        )
+        async with open_s3_sink(settings, session=session) as sink:
+            upload = await sink.open(
+                KEY, content_type="application/pdf", expected_size=3, expected_sha256=None
+            )
+            await upload.write(b"abc")
+            committed = await upload.commit(size=3, sha256=hashlib.sha256(b"abc").hexdigest())
+        head = await client.head_object(Bucket=bucket, Key=f"p/{KEY}")
+    assert committed.version_id is not None and committed.version_id == head.get("VersionId")
+    assert committed.etag

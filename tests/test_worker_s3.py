@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiobotocore.session
 import pytest
@@ -103,3 +105,18 @@ async def test_wrong_credentials_fail_the_job_clearly(
     assert job.error.code in {"invalid_credentials", "access_denied"}
     assert "403" in job.error.message or "Signature" in job.error.message
     assert len(sim.requests("files")) <= 1  # not retried: a retry cannot fix credentials
+
+
+async def test_janitor_aborts_stale_uploads_at_start(
+    make_settings: SettingsFactory, s3_server: S3Server, aws_env: None, s3_client: object
+) -> None:
+    """A multipart upload left under the prefix by a dead worker is aborted when a worker starts."""
+    prefix = f"w/{uuid.uuid4().hex[:10]}"
+    client: Any = s3_client
+    await client.create_multipart_upload(Bucket=s3_server.bucket, Key=f"{prefix}/cloudlayer/x/orphan.pdf")
+    await asyncio.sleep(1.1)
+    s3 = dataclasses.replace(s3_settings(s3_server, prefix), janitor_age_s=1.0)
+    async with open_worker(make_settings(dest_url=f"s3://{s3.bucket}/{s3.prefix}", s3=s3)):
+        pass
+    listed = await client.list_multipart_uploads(Bucket=s3_server.bucket, Prefix=f"{prefix}/")
+    assert listed.get("Uploads", []) == []

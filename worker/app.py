@@ -14,6 +14,7 @@ from worker.aio import finish_cleanups
 from worker.clock import Clock, SystemClock
 from worker.config import Settings, dest_path
 from worker.engine import Engine, EngineSettings
+from worker.errors import WorkerError
 from worker.httpclient import HttpClient, new_session
 from worker.lease import Sleep
 from worker.policy import Backoff
@@ -58,7 +59,12 @@ async def _open_sink(settings: Settings) -> AsyncIterator[tuple[Sink, Housekeepi
                 "s3_janitor", aborted_uploads=report.aborted_uploads, removed_staged=report.removed_staged
             )
 
-        # At start, then four times per janitor age: a dead worker's uploads go within 1.25 ages.
+        # Once now, then (in the runner) four times per janitor age: a dead worker's uploads are
+        # gone within 1.25 ages.
+        try:
+            await janitor()
+        except WorkerError as exc:
+            log.warning("housekeeping_failed", error=exc.code, message=exc.message)
         yield s3_sink, (janitor, settings.s3.janitor_age_s / 4)
 
 

@@ -204,14 +204,14 @@ class Runner:
                     log.warning("store_unavailable", error=exc.message)
 
     async def _housekeep(self, chore: Callable[[], Awaitable[None]], interval_s: float) -> None:
-        """Run a destination's clean-up at start and then every ``interval_s``; failures are
-        logged, never fatal (the next round tries again)."""
+        """Run a destination's clean-up every ``interval_s`` (its first run happens when the
+        destination opens); failures are logged, never fatal (the next round tries again)."""
         while True:
+            await self._clock.sleep(interval_s)
             try:
                 await chore()
             except WorkerError as exc:
                 log.warning("housekeeping_failed", error=exc.code, message=exc.message)
-            await self._clock.sleep(interval_s)
 
     async def _drain(self) -> None:
         """Phase one: let in-flight jobs finish within the grace period; phase two: cancel them."""

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.s3server import S3Server, run_seaweedfs
+from worker.app import Worker, open_worker
 from worker.config import CloudlayerSettings, HttpSettings, LayersSettings, PollSettings, Settings
+from worker.lease import Lease, Progress
+from worker.models import Job, JobKey, JobState
 from worker.simulator.app import Simulator, start_simulator
+from worker.store.base import Phase
 
 
 class RecordingSleep:
@@ -82,3 +87,31 @@ def make_settings(tmp_path: Path, sim: Simulator) -> SettingsFactory:
         return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
 
     return make
+
+
+async def run_jobs(
+    settings: Settings, keys: list[str], retry_sleep: RecordingSleep | None = None, timeout_s: float = 60
+) -> list[Job]:
+    """Submit ``keys``, run a whole worker until idle, and return the jobs as stored."""
+    async with open_worker(settings, sleep=retry_sleep) as worker:
+        parsed = [JobKey.parse(k) for k in keys]
+        for key in parsed:
+            await worker.store.submit(key, now=time.time())
+        await asyncio.wait_for(worker.runner.run(stop=asyncio.Event(), until_idle=True), timeout_s)
+        return await worker.store.get(parsed)
+
+
+async def _no_fence() -> None:
+    return None
+
+
+async def poll_until_ready(worker: Worker, key: JobKey, timeout_s: float = 20) -> None:
+    """Drive only the poll phase until the job is resolved (``downloading``), downloading nothing,
+    so a test can change the world between resolution and transfer."""
+    async with asyncio.timeout(timeout_s):
+        while (await worker.store.get([key]))[0].state is not JobState.DOWNLOADING:
+            for job in await worker.store.claim(
+                owner="t", phase=Phase.POLL, now=time.time(), lease_s=5, limit=1
+            ):
+                await worker.engine.poll(job, Lease("t", Progress(time.time), _no_fence))
+            await asyncio.sleep(0.02)

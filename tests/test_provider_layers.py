@@ -11,6 +11,8 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import RecordingSleep
+from tests.simulator.conftest import T0
+from tests.simulator.conftest import FakeClock as SimFakeClock
 from worker.config import HttpSettings, LayersSettings
 from worker.errors import AssetSetChanged, InvalidJob, UpstreamRejected, UpstreamUnavailable
 from worker.httpclient import HttpClient, new_session
@@ -20,23 +22,13 @@ from worker.ratelimit import RateLimiter
 from worker.simulator import Simulator, SimulatorState, start_simulator
 from worker.simulator.layers_content import LayersContainer, asset_sha256
 
-T0 = 1_700_000_000.0
 HTTP = HttpSettings(request_attempts=3, backoff_initial_s=0.01, backoff_max_s=0.05, read_timeout_s=5.0)
 # Far above any simulator budget used here, so only the tests about the budget ever wait for it.
 FAST = 600_000.0
 
 
-class FakeClock:
+class FakeClock(SimFakeClock):
     """The simulator's state clock and the provider's wall clock, moved by hand or by sleeps."""
-
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
     async def sleep(self, seconds: float) -> None:
         """Virtual time: a wait moves the clock at once (the simulator then sees time pass)."""

@@ -13,26 +13,13 @@ from urllib.parse import unquote, urlsplit
 import pytest
 from structlog.testing import capture_logs
 
-from tests.conftest import RecordingSleep, SettingsFactory
+from tests.conftest import RecordingSleep, SettingsFactory, poll_until_ready, run_jobs
 from worker.app import open_worker
 from worker.config import CloudlayerSettings, Settings
-from worker.lease import Lease, Progress
 from worker.models import Job, JobError, JobKey, JobState
 from worker.simulator.app import Simulator
 from worker.simulator.content import content_sha256
 from worker.statusview import job_to_json
-
-
-async def run_jobs(
-    settings: Settings, keys: list[str], retry_sleep: RecordingSleep | None = None, timeout_s: float = 60
-) -> list[Job]:
-    """Submit ``keys``, run the worker until idle, and return the jobs as stored."""
-    async with open_worker(settings, sleep=retry_sleep) as worker:
-        parsed = [JobKey.parse(k) for k in keys]
-        for key in parsed:
-            await worker.store.submit(key, now=time.time())
-        await asyncio.wait_for(worker.runner.run(stop=asyncio.Event(), until_idle=True), timeout_s)
-        return await worker.store.get(parsed)
 
 
 def stored_path(job: Job) -> Path:
@@ -240,26 +227,12 @@ async def test_real_url_expiry_is_refreshed(sim: Simulator, make_settings: Setti
         key = JobKey.parse("cloudlayer:ttl")
         await worker.store.submit(key, now=time.time())
         # Poll only (the job becomes ready with a URL), then let the URL's lifetime pass.
-        while (await worker.store.get([key]))[0].state is not JobState.DOWNLOADING:
-            (claimed,) = await worker.store.claim(
-                owner="t", phase=_poll_phase(), now=time.time(), lease_s=5, limit=1
-            )
-            await worker.engine.poll(claimed, Lease("t", Progress(time.time), _no_fence))
+        await poll_until_ready(worker, key)
         sim.state.clock = lambda: time.time() + 120
         await asyncio.wait_for(worker.runner.run(stop=asyncio.Event(), until_idle=True), 30)
         (job,) = await worker.store.get([key])
     assert_verified(job, sim_job.seed, sim_job.size)
     assert [r.status for r in sim.requests("files")] == [403, 200]
-
-
-async def _no_fence() -> None:
-    return None
-
-
-def _poll_phase() -> Any:
-    from worker.store.base import Phase
-
-    return Phase.POLL
 
 
 async def test_hostile_ids_cannot_escape_destination(

@@ -11,21 +11,11 @@ from urllib.parse import unquote, urlsplit
 
 from structlog.testing import capture_logs
 
-from tests.conftest import SettingsFactory
+from tests.conftest import SettingsFactory, poll_until_ready, run_jobs
 from worker.app import open_worker
-from worker.config import Settings
-from worker.models import Job, JobKey, JobState
+from worker.models import JobKey, JobState
 from worker.simulator.app import Simulator
 from worker.simulator.content import content_sha256
-
-
-async def run_jobs(settings: Settings, keys: list[str], timeout_s: float = 60) -> list[Job]:
-    async with open_worker(settings) as worker:
-        parsed = [JobKey.parse(k) for k in keys]
-        for key in parsed:
-            await worker.store.submit(key, now=time.time())
-        await asyncio.wait_for(worker.runner.run(stop=asyncio.Event(), until_idle=True), timeout_s)
-        return await worker.store.get(parsed)
 
 
 def path_of(uri: str) -> Path:
@@ -107,20 +97,10 @@ async def test_regenerate_mid_run_re_resolves(sim: Simulator, make_settings: Set
     with capture_logs() as events:
         async with open_worker(settings) as worker:
             await worker.store.submit(key, now=time.time())
-            stop = asyncio.Event()
             # Resolve first (poll phase only), then regenerate before any download.
-            while (await worker.store.get([key]))[0].state is not JobState.DOWNLOADING:
-                from worker.lease import Lease, Progress
-                from worker.store.base import Phase
-
-                claimed = await worker.store.claim(
-                    owner="t", phase=Phase.POLL, now=time.time(), lease_s=5, limit=1
-                )
-                for job in claimed:
-                    await worker.engine.poll(job, Lease("t", Progress(time.time), _no_fence))
-                await asyncio.sleep(0.05)
+            await poll_until_ready(worker, key)
             new = sim.regenerate_layers_container(container.id)
-            await asyncio.wait_for(worker.runner.run(stop=stop, until_idle=True), 30)
+            await asyncio.wait_for(worker.runner.run(stop=asyncio.Event(), until_idle=True), 30)
             (job,) = await worker.store.get([key])
     assert job.state is JobState.DONE, job.error
     new_ids = [a.asset_id for a in new.generation.assets]
@@ -128,10 +108,6 @@ async def test_regenerate_mid_run_re_resolves(sim: Simulator, make_settings: Set
     assert all(a.receipt is not None for a in job.assets)
     assert any(e["event"] == "asset_set_changed" for e in events)
     assert job.provider_state.get("replaced_asset_ids")
-
-
-async def _no_fence() -> None:
-    return None
 
 
 async def test_asset_already_held_is_not_downloaded_again(
@@ -204,15 +180,7 @@ async def test_container_back_to_processing_is_polled_afresh(
     key = JobKey.parse(f"layers:{container.id}")
     async with open_worker(settings) as worker:
         await worker.store.submit(key, now=time.time())
-        from worker.lease import Lease, Progress
-        from worker.store.base import Phase
-
-        while (await worker.store.get([key]))[0].state is not JobState.DOWNLOADING:
-            for job in await worker.store.claim(
-                owner="t", phase=Phase.POLL, now=time.time(), lease_s=5, limit=1
-            ):
-                await worker.engine.poll(job, Lease("t", Progress(time.time), _no_fence))
-            await asyncio.sleep(0.05)
+        await poll_until_ready(worker, key)
         await asyncio.sleep(1.2)  # the first polling period's deadline has passed
         new = sim.regenerate_layers_container(container.id, processing_s=0.4)
         await asyncio.wait_for(worker.runner.run(stop=asyncio.Event(), until_idle=True), 30)

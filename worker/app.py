@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -22,7 +22,7 @@ from worker.providers.base import Provider
 from worker.providers.cloudlayer import CloudlayerProvider
 from worker.providers.layers import LayersProvider
 from worker.ratelimit import RateLimiter
-from worker.runner import Runner, RunnerSettings
+from worker.runner import Housekeeping, Runner, RunnerSettings
 from worker.sinks.base import Sink
 from worker.sinks.file import FileSink
 from worker.store import Store, open_store
@@ -37,9 +37,6 @@ class Worker:
     store: Store
     engine: Engine
     runner: Runner
-
-
-Housekeeping = tuple[Callable[[], Awaitable[None]], float]
 
 
 @asynccontextmanager

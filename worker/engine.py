@@ -194,7 +194,7 @@ class Engine:
         now = self._clock.now()
         old_ids = [a.ref.asset_id for a in job.assets]
         history = {**job.provider_state, "asset_set_changed_at": now, "replaced_asset_ids": old_ids}
-        new = None if changed.assets is None else tuple(a for a in changed.assets if isinstance(a, AssetRef))
+        new = changed.assets
         log.warning(
             "asset_set_changed",
             job=str(job.key),

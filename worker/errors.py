@@ -26,7 +26,11 @@ text. Every error carries a stable snake_case ``code`` that ends up in the statu
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
+
+if TYPE_CHECKING:  # models imports this module; the annotation alone needs models
+    from worker.models import AssetRef
 
 _URL_WITH_QUERY = re.compile(r"\bhttps?://[^\s'\"<>]+\?[^\s'\"<>]*")
 
@@ -124,7 +128,7 @@ class AssetSetChanged(UpstreamError):
 
     code = "asset_set_changed"
 
-    def __init__(self, message: str, *, assets: tuple[object, ...] | None) -> None:
+    def __init__(self, message: str, *, assets: tuple[AssetRef, ...] | None) -> None:
         super().__init__(message)
         self.assets = assets
 

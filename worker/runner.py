@@ -40,6 +40,10 @@ class RunnerSettings:
     grace_s: float
 
 
+# A destination's periodic clean-up and its interval in seconds (the S3 janitor).
+Housekeeping = tuple[Callable[[], Awaitable[None]], float]
+
+
 @dataclass(slots=True)
 class _Active:
     job: Job
@@ -57,7 +61,7 @@ class Runner:
         engine: Engine,
         settings: RunnerSettings,
         clock: Clock,
-        housekeeping: tuple[Callable[[], Awaitable[None]], float] | None = None,
+        housekeeping: Housekeeping | None = None,
     ) -> None:
         self._housekeeping = housekeeping
         self._store = store

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from worker.errors import ConfigError, LeaseLost
 from worker.models import AssetRef, AssetState, JobError, JobKey, JobState, Receipt
-from worker.store import Phase, Store, open_store, sqlite_schema
+from worker.store import Cursor, Phase, Store, open_store, sqlite_schema
 
 A = JobKey("layers", "job-a")
 B = JobKey("cloudlayer", "job-b")
@@ -445,6 +445,88 @@ async def test_unfinished_counts_and_finds_the_next_claimable_moment(store: Stor
     assert await store.unfinished() == (2, 25.0)
 
 
+async def test_list_jobs_pages_with_a_cursor_that_survives_new_submissions(store: Store) -> None:
+    """Keyset pages: each page starts after the last job of the previous one, ties broken by key."""
+    keys = [JobKey("layers", f"p{i}") for i in range(5)]
+    for key in keys:
+        await store.submit(key, now=1.0)  # one timestamp: the key alone orders them
+    first = await store.list_jobs(limit=2)
+    assert [j.key for j in first] == keys[:2]
+    last = first[-1]
+    await store.submit(JobKey("cloudlayer", "p-early"), now=0.5)  # sorts before the cursor
+    await store.submit(JobKey("layers", "zz-late"), now=9.0)
+    second = await store.list_jobs(limit=2, after=Cursor(last.submitted_at, str(last.key)))
+    assert [j.key for j in second] == keys[2:4]
+    rest = await store.list_jobs(after=Cursor(second[-1].submitted_at, str(second[-1].key)))
+    assert [j.key for j in rest] == [keys[4], JobKey("layers", "zz-late")]
+    done = await store.list_jobs(states=[JobState.QUEUED], after=Cursor(9.0, "layers:zz-late"))
+    assert done == []
+
+
+async def test_cancel_ends_an_unfinished_job_and_takes_its_lease(store: Store) -> None:
+    """A canceled job is final, its lease gone: the worker's next write raises LeaseLost."""
+    await ready(store, A, ["x"])
+    job = await store.cancel(A, now=9.0)
+    assert job is not None
+    assert (job.state, job.finished_at, job.lease_owner) == (JobState.CANCELED, 9.0, None)
+    with pytest.raises(LeaseLost):
+        await store.record_receipt(A, owner="w1", receipt=receipt("x"))
+    assert await store.claim(owner="w2", phase=Phase.TRANSFER, now=99.0, lease_s=30, limit=5) == []
+    assert await store.unfinished() == (0, None)
+
+
+async def test_cancel_leaves_final_jobs_alone_and_reports_unknown_ones(store: Store) -> None:
+    await ready(store, A, ["x"])
+    await store.finish(A, owner="w1", now=5.0, state=JobState.DONE)
+    job = await store.cancel(A, now=9.0)
+    assert job is not None
+    assert (job.state, job.finished_at) == (JobState.DONE, 5.0)
+    assert await store.cancel(B, now=9.0) is None
+    requeued = await store.submit(A, now=10.0, force=True)  # a canceled or done job can be retried
+    assert requeued.requeued
+
+
+async def test_a_job_keeps_the_destination_it_was_submitted_with(store: Store) -> None:
+    """dest is stored on first submit, untouched by a plain resubmit, replaced by a forced requeue."""
+    first = await store.submit(A, now=1.0, dest="s3://other-bucket/prefix")
+    assert first.job.dest == "s3://other-bucket/prefix"
+    again = await store.submit(A, now=2.0, dest="/elsewhere")
+    assert (again.created, again.job.dest) == (False, "s3://other-bucket/prefix")
+    assert (await store.submit(B, now=1.5)).job.dest is None
+    await store.claim(owner="w1", phase=Phase.POLL, now=3.0, lease_s=30, limit=1)  # A, due first
+    await store.finish(A, owner="w1", now=4.0, state=JobState.FAILED, error=ERR)
+    forced = await store.submit(A, now=5.0, force=True, dest="/elsewhere")
+    assert (forced.requeued, forced.job.dest) == (True, "/elsewhere")
+    claimed = await store.claim(owner="w1", phase=Phase.POLL, now=6.0, lease_s=30, limit=2)
+    assert {j.key: j.dest for j in claimed} == {B: None, A: "/elsewhere"}
+
+
+async def test_queue_stats_counts_states_and_the_unleased_backlog(store: Store) -> None:
+    """The backlog is what is due and not held by a live lease; its age is from the oldest due_at."""
+    empty = await store.queue_stats(now=0.0)
+    assert (empty.due, empty.oldest_due_at) == (0, None)
+    assert empty.by_state == dict.fromkeys(JobState, 0)
+    await store.submit(A, now=1.0)
+    await store.submit(B, now=2.0)
+    await store.submit(C, now=50.0)  # not due yet at 10
+    await store.claim(owner="w1", phase=Phase.POLL, now=3.0, lease_s=30, limit=1)  # A, leased to 33
+    stats = await store.queue_stats(now=10.0)
+    assert (stats.due, stats.oldest_due_at) == (1, 2.0)
+    assert stats.by_state[JobState.QUEUED] == 2
+    assert stats.by_state[JobState.POLLING] == 1
+    later = await store.queue_stats(now=60.0)  # A's lease expired; C is due
+    assert (later.due, later.oldest_due_at) == (3, 1.0)
+    await store.claim(owner="w1", phase=Phase.POLL, now=60.0, lease_s=30, limit=3)
+    for key in (A, B, C):
+        await store.finish(key, owner="w1", now=61.0, state=JobState.DONE)
+    final = await store.queue_stats(now=70.0)
+    assert (final.due, final.by_state[JobState.DONE]) == (0, 3)
+
+
+async def test_ping_answers_while_the_store_is_open(store: Store) -> None:
+    await store.ping()
+
+
 # -- durability and schema ------------------------------------------------------------------
 
 
@@ -613,17 +695,20 @@ async def test_first_release_file_is_brought_forward(tmp_path: Path, monkeypatch
     path = tmp_path / "old.db"
     url = f"sqlite:///{path}"
     monkeypatch.setattr(sqlite_schema, "MIGRATIONS", sqlite_schema.MIGRATIONS[:1])
-    old = await open_store(url)
-    await old.submit(A, now=1.0)
-    await old.claim(owner="w", phase=Phase.POLL, now=1.0, lease_s=10, limit=1)
-    await old.mark_ready(A, owner="w", now=2.0, assets=[AssetRef(asset_id="x", url="u")], provider_state={})
+    old = await open_store(url)  # creates the first schema version only
     await old.close()
-    # A receipt as the first release wrote it (its columns only).
+    # A job and a receipt as the first release wrote them (its columns only).
     with contextlib.closing(sqlite3.connect(path)) as db:
         db.execute(
-            """UPDATE assets SET state = 'stored', uri = 'file:///x', size = 3, sha256 = ?,
-                   upstream_verified = 0, stored_at = 3.0""",
-            ("a" * 64,),
+            """INSERT INTO jobs (key, provider, upstream_id, state, submitted_at, updated_at, due_at)
+               VALUES (?, ?, ?, 'downloading', 1.0, 2.0, 2.0)""",
+            (str(A), A.provider, A.upstream_id),
+        )
+        db.execute(
+            """INSERT INTO assets (job_key, position, asset_id, url, state, uri, size, sha256,
+                                   upstream_verified, stored_at)
+               VALUES (?, 0, 'x', 'u', 'stored', 'file:///x', 3, ?, 0, 3.0)""",
+            (str(A), "a" * 64),
         )
         db.commit()
     monkeypatch.undo()
@@ -635,6 +720,7 @@ async def test_first_release_file_is_brought_forward(tmp_path: Path, monkeypatch
         assert _user_version(path) == len(sqlite_schema.MIGRATIONS)
         (job,) = await store.get([A])
         assert job.assets[0].receipt == receipt
+        assert job.dest is None
         assert await store.find_stored(sha256="a" * 64, size=3) == receipt
         assert await store.find_stored(sha256="a" * 64, size=4) is None
     finally:

@@ -86,6 +86,11 @@ class Settings:
     log_level: str = "info"
     log_format: str = "auto"
     worker_id: str = field(default_factory=lambda: default_worker_id())
+    # PostgreSQL connections per process (claims, heartbeats and receipts share them).
+    pg_pool_size: int = 10
+    # The HTTP service (API, health, metrics): "host:port".
+    listen: str = "0.0.0.0:8080"
+    api_token: str | None = field(default=None, repr=False)
     poll: PollSettings = field(default_factory=PollSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
     cloudlayer: CloudlayerSettings = field(default_factory=CloudlayerSettings)
@@ -137,6 +142,24 @@ def _text(text: str) -> str:
     return value
 
 
+def _listen_address(text: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port`` for IPv6) as a (host, port) pair."""
+    host, sep, port_text = text.strip().rpartition(":")
+    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError("must be HOST:PORT, e.g. 0.0.0.0:8080 or 127.0.0.1:8080")
+    return host.strip("[]"), int(port_text)
+
+
+def _format_listen(address: tuple[str, int]) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def listen_address(settings: Settings) -> tuple[str, int]:
+    """The validated (host, port) the HTTP service binds."""
+    return _listen_address(settings.listen)
+
+
 def _chunk(text: str) -> int:
     value = int(text)
     if not 4096 <= value <= 64 << 20:
@@ -158,6 +181,9 @@ _TOP: dict[str, tuple[str, Callable[[str], Any]]] = {
     "LOG_LEVEL": ("log_level", _choice("debug", "info", "warning", "error")),
     "LOG_FORMAT": ("log_format", _choice("auto", "json", "console")),
     "WORKER_ID": ("worker_id", _text),
+    "PG_POOL_SIZE": ("pg_pool_size", _positive_int),
+    "LISTEN": ("listen", lambda text: _format_listen(_listen_address(text))),
+    "API_TOKEN": ("api_token", _text),
 }
 _POLL: dict[str, tuple[str, Callable[[str], Any]]] = {
     "POLL_INITIAL_S": ("initial_s", _positive_float),
@@ -296,7 +322,21 @@ def _check(settings: Settings) -> None:
         raise ConfigError("ASSET_WORKER_RETRY_MAX_S must be >= ASSET_WORKER_RETRY_INITIAL_S")
     if settings.s3 is None:
         dest_path(settings.dest_url)
-    sqlite_path(settings.store_url)
+    store_kind(settings.store_url)
+
+
+def store_kind(url: str) -> str:
+    """``sqlite`` or ``postgresql`` for a valid store URL; ``ConfigError`` otherwise."""
+    scheme = urlsplit(url).scheme.lower()
+    if scheme in ("postgresql", "postgres"):
+        if not urlsplit(url).hostname and "host=" not in url:
+            raise ConfigError(
+                "ASSET_WORKER_STORE: a PostgreSQL URL needs a host, "
+                "e.g. postgresql://USER:PASSWORD@HOST:5432/DATABASE"
+            )
+        return "postgresql"
+    sqlite_path(url)
+    return "sqlite"
 
 
 def dest_path(url: str) -> Path:
@@ -321,7 +361,8 @@ def sqlite_path(url: str) -> Path:
     parts = urlsplit(url)
     if parts.scheme != "sqlite":
         raise ConfigError(
-            f"ASSET_WORKER_STORE={url!r}: unsupported store (use sqlite:///PATH, e.g. sqlite:///./asset-worker.db)"
+            f"ASSET_WORKER_STORE={redact_url(url)!r}: unsupported store (use sqlite:///PATH, e.g. "
+            "sqlite:///./asset-worker.db, or postgresql://USER:PASSWORD@HOST:5432/DATABASE)"
         )
     if parts.netloc:
         raise ConfigError(f"ASSET_WORKER_STORE={url!r}: use three slashes, sqlite:///PATH")
@@ -329,3 +370,12 @@ def sqlite_path(url: str) -> Path:
     if not raw:
         raise ConfigError(f"ASSET_WORKER_STORE={url!r}: no database path given")
     return Path(raw).expanduser().absolute()
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***``: safe for error messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()

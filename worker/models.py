@@ -131,6 +131,9 @@ class Job:
     lease_expires_at: float | None = None
     provider_state: dict[str, Any] = field(default_factory=dict)
     assets: tuple[AssetRecord, ...] = ()
+    # Where this job's files go when it names its own destination (a file path or s3:// URL);
+    # None means the worker's configured ASSET_WORKER_DEST.
+    dest: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

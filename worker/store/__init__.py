@@ -6,9 +6,9 @@ from urllib.parse import urlsplit
 
 from worker.config import sqlite_path
 from worker.errors import ConfigError
-from worker.store.base import Phase, Store, SubmitResult
+from worker.store.base import Cursor, Phase, QueueStats, Store, SubmitResult
 
-__all__ = ["Phase", "Store", "SubmitResult", "open_store"]
+__all__ = ["Cursor", "Phase", "QueueStats", "Store", "SubmitResult", "open_store"]
 
 
 async def open_store(url: str) -> Store:

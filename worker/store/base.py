@@ -38,14 +38,40 @@ class SubmitResult:
     requeued: bool  # an existing final job was reset to queued (force)
 
 
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    """Where a listing page ended: the last job's ``(submitted_at, key)``, the listing's sort order."""
+
+    submitted_at: float
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    """The queue as an operator or an autoscaler sees it at one moment."""
+
+    by_state: dict[JobState, int]  # every state, zero included
+    due: int  # unfinished jobs due now and not leased: the backlog no worker has taken yet
+    oldest_due_at: float | None  # the earliest ``due_at`` among those, None when there are none
+
+
 class Store(Protocol):
-    async def submit(self, key: JobKey, *, now: float, force: bool = False) -> SubmitResult:
+    async def submit(
+        self, key: JobKey, *, now: float, force: bool = False, dest: str | None = None
+    ) -> SubmitResult:
         """Insert a queued job due now, or return the existing one unchanged.
 
         Concurrent submits of one key yield one row. With ``force``, an existing job in a final
         state is reset to ``queued`` (error, polls, attempts, provider state and asset rows
-        cleared; ``submitted_at`` set to ``now``); a job still in progress is left alone.
+        cleared; ``submitted_at`` set to ``now``; ``dest`` replaced); a job still in progress is
+        left alone. ``dest`` is the job's own destination, None for the worker's default.
         """
+        ...
+
+    async def cancel(self, key: JobKey, *, now: float) -> Job | None:
+        """Move an unfinished job to ``canceled`` (``finished_at=now``, lease dropped), so the worker
+        holding it loses its lease at its next write and abandons the work. A final job is returned
+        unchanged; None if there is no such job."""
         ...
 
     async def claim(self, *, owner: str, phase: Phase, now: float, lease_s: float, limit: int) -> list[Job]:
@@ -146,14 +172,28 @@ class Store(Protocol):
         ...
 
     async def list_jobs(
-        self, *, states: Sequence[JobState] | None = None, limit: int | None = None
+        self,
+        *,
+        states: Sequence[JobState] | None = None,
+        limit: int | None = None,
+        after: Cursor | None = None,
     ) -> list[Job]:
-        """Jobs (optionally only these states), oldest submission first, with their assets."""
+        """Jobs (optionally only these states), oldest submission first (ties by key), with their
+        assets; with ``after``, only those sorting after that cursor (keyset pagination: stable
+        while jobs are added or change state)."""
+        ...
+
+    async def queue_stats(self, *, now: float) -> QueueStats:
+        """Counts by state, and the backlog due at ``now`` that no live lease holds."""
         ...
 
     async def unfinished(self) -> tuple[int, float | None]:
         """How many jobs are not final, and the earliest moment one of them may be claimed
         (``due_at`` or, if leased, ``lease_expires_at``, whichever is later); ``None`` if none."""
+        ...
+
+    async def ping(self) -> None:
+        """Round-trip to the backend; ``StoreUnavailable`` if it cannot be reached (readiness)."""
         ...
 
     async def close(self) -> None: ...

@@ -23,7 +23,7 @@ from worker.aio import shielded
 from worker.errors import ConfigError, LeaseLost, StoreUnavailable
 from worker.models import AssetRecord, AssetRef, Job, JobError, JobKey, JobState, Receipt
 from worker.store import sqlite_schema
-from worker.store.base import Phase, SubmitResult
+from worker.store.base import Cursor, Phase, QueueStats, SubmitResult
 from worker.store.sqlite_schema import asset_from_row, error_columns, job_from_row, opt_float, ref_columns
 
 BUSY_TIMEOUT_S = 10.0
@@ -55,14 +55,18 @@ _CLAIM = {
 }
 # ON CONFLICT DO NOTHING makes concurrent submits of one key race safely: one insert wins.
 _INSERT = """
-    INSERT INTO jobs (key, provider, upstream_id, state, submitted_at, updated_at, due_at)
-    VALUES (?, ?, ?, 'queued', ?, ?, ?) ON CONFLICT (key) DO NOTHING"""
+    INSERT INTO jobs (key, provider, upstream_id, state, submitted_at, updated_at, due_at, dest)
+    VALUES (?, ?, ?, 'queued', ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING"""
 _REQUEUE = """
-    UPDATE jobs SET state = 'queued', submitted_at = ?, updated_at = ?, due_at = ?,
+    UPDATE jobs SET state = 'queued', submitted_at = ?, updated_at = ?, due_at = ?, dest = ?,
         finished_at = NULL, polling_since = NULL, polls = 0, attempts = 0,
         error_code = NULL, error_message = NULL, lease_owner = NULL, lease_expires_at = NULL,
         provider_state = '{}'
     WHERE key = ? AND state IN (SELECT value FROM json_each(?))"""
+_CANCEL = """
+    UPDATE jobs SET state = 'canceled', finished_at = ?, updated_at = ?,
+        lease_owner = NULL, lease_expires_at = NULL
+    WHERE key = ? AND state NOT IN (SELECT value FROM json_each(?))"""
 _UPSERT_ASSET = """
     INSERT INTO assets (job_key, position, asset_id, url, expected_size, expected_sha256,
                         content_type, ext, expires_at, state)
@@ -108,18 +112,27 @@ class SqliteStore:
 
     # -- submission -------------------------------------------------------------------------
 
-    async def submit(self, key: JobKey, *, now: float, force: bool = False) -> SubmitResult:
+    async def submit(
+        self, key: JobKey, *, now: float, force: bool = False, dest: str | None = None
+    ) -> SubmitResult:
         k = str(key)
         async with self._transaction() as db:
-            inserted = await _run(db, _INSERT, (k, key.provider, key.upstream_id, now, now, now))
+            inserted = await _run(db, _INSERT, (k, key.provider, key.upstream_id, now, now, now, dest))
             created = inserted == 1
             requeued = False
             if not created and force:
-                requeued = await _run(db, _REQUEUE, (now, now, now, k, _FINAL_STATES)) == 1
+                requeued = await _run(db, _REQUEUE, (now, now, now, dest, k, _FINAL_STATES)) == 1
                 if requeued:
                     await _run(db, "DELETE FROM assets WHERE job_key = ?", (k,))
             (job,) = await _load(db, [k])
         return SubmitResult(job=job, created=created, requeued=requeued)
+
+    async def cancel(self, key: JobKey, *, now: float) -> Job | None:
+        k = str(key)
+        async with self._transaction() as db:
+            await _run(db, _CANCEL, (now, now, k, _FINAL_STATES))
+            jobs = await _load(db, [k])
+        return jobs[0] if jobs else None
 
     # -- claims and leases ------------------------------------------------------------------
 
@@ -334,17 +347,42 @@ class SqliteStore:
         return [found[str(k)] for k in keys if str(k) in found]
 
     async def list_jobs(
-        self, *, states: Sequence[JobState] | None = None, limit: int | None = None
+        self,
+        *,
+        states: Sequence[JobState] | None = None,
+        limit: int | None = None,
+        after: Cursor | None = None,
     ) -> list[Job]:
         wanted = None if states is None else json.dumps([s.value for s in states])
+        after_at, after_key = (None, None) if after is None else (after.submitted_at, after.key)
         async with self._transaction(write=False) as db:
             rows = await db.execute_fetchall(
                 """SELECT key FROM jobs
-                   WHERE ? IS NULL OR state IN (SELECT value FROM json_each(?))
+                   WHERE (? IS NULL OR state IN (SELECT value FROM json_each(?)))
+                     AND (? IS NULL OR (submitted_at, key) > (?, ?))
                    ORDER BY submitted_at, key LIMIT ?""",
-                (wanted, wanted, -1 if limit is None else limit),
+                (wanted, wanted, after_at, after_at, after_key, -1 if limit is None else limit),
             )
             return await _load(db, [str(row["key"]) for row in rows])
+
+    async def queue_stats(self, *, now: float) -> QueueStats:
+        async with self._transaction(write=False) as db:
+            counts = await db.execute_fetchall("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")
+            backlog = await db.execute_fetchall(
+                """SELECT COUNT(*) AS n, MIN(due_at) AS oldest FROM jobs
+                   WHERE state NOT IN (SELECT value FROM json_each(?)) AND due_at <= ?
+                     AND (lease_expires_at IS NULL OR lease_expires_at <= ?)""",
+                (_FINAL_STATES, now, now),
+            )
+        by_state = dict.fromkeys(JobState, 0)
+        for row in counts:
+            by_state[JobState(row["state"])] = int(row["n"])
+        (row,) = backlog
+        return QueueStats(by_state=by_state, due=int(row["n"]), oldest_due_at=opt_float(row["oldest"]))
+
+    async def ping(self) -> None:
+        async with self._transaction(write=False) as db:
+            await db.execute_fetchall("SELECT 1")
 
     async def unfinished(self) -> tuple[int, float | None]:
         async with self._transaction(write=False) as db:

@@ -64,6 +64,13 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # Finding a stored copy by content (dedupe) must not scan every receipt.
         "CREATE INDEX assets_stored_sha256 ON assets (sha256, size) WHERE state = 'stored'",
     ),
+    (
+        # A job may name its own destination (API submit); NULL means the worker's default.
+        "ALTER TABLE jobs ADD COLUMN dest TEXT",
+        # Keyset pagination walks (submitted_at, key).
+        "DROP INDEX jobs_submitted",
+        "CREATE INDEX jobs_submitted ON jobs (submitted_at, key)",
+    ),
 )
 
 
@@ -84,6 +91,7 @@ def job_from_row(row: sqlite3.Row, assets: tuple[AssetRecord, ...]) -> Job:
         lease_expires_at=opt_float(row["lease_expires_at"]),
         provider_state=_provider_state(row["provider_state"]),
         assets=assets,
+        dest=_opt_str(row["dest"]),
     )
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import io
 import time
+import tracemalloc
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -13,6 +15,7 @@ from typing import Any
 import aiobotocore.session
 import aiohttp
 import pytest
+from aiohttp import web
 from hypothesis import given
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
@@ -26,6 +29,7 @@ from worker.simulator.app import Simulator
 from worker.simulator.cloudlayer_jobs import SimJob
 from worker.simulator.content import content_bytes, content_sha256
 from worker.sinks.s3 import STAGING_DIR, S3Settings, S3Sink, open_s3_sink, parse_s3_url
+from worker.sinks.s3_bucket import PartBody
 from worker.sinks.s3_parts import (
     GIB,
     MAX_OBJECT_BYTES,
@@ -190,6 +194,23 @@ def test_parse_s3_url() -> None:
             parse_s3_url(bad)
 
 
+async def test_part_body_reads_and_rewinds_like_a_file() -> None:
+    """What botocore and aiohttp do with a part's body: size it by seeking to the end, read it for
+    the signature, rewind, send it as slices (again after a rewind, for a retry)."""
+    data = bytes(range(256)) * 4000
+    body = PartBody(memoryview(data))
+    assert (body.seek(0, io.SEEK_END), body.tell(), body.seek(0)) == (len(data), len(data), 0)
+    assert b"".join(iter(lambda: body.read(1000), b"")) == data
+    assert body.read(10) == b"" and body.seek(-10, io.SEEK_END) == len(data) - 10
+    assert body.read() == data[-10:]
+    for _attempt in range(2):
+        body.seek(0)
+        slices = [bytes(chunk) async for chunk in body]
+        assert b"".join(slices) == data and max(map(len, slices)) == PartBody.SEND_BYTES
+    with pytest.raises(ValueError):
+        body.seek(-1)
+
+
 def test_settings_refuse_parts_under_5_mib() -> None:
     """S3 refuses parts under 5 MiB, so the setting does too."""
     with pytest.raises(ConfigError):
@@ -247,6 +268,85 @@ async def test_write_waits_while_parts_are_in_flight(sink: S3Sink) -> None:
     copy = await upload.commit(size=len(data), sha256=hashlib.sha256(data).hexdigest())
     await upload.abort()  # after commit: does nothing
     assert (await read_back(sink))[0] == data and copy.etag is not None and copy.etag.endswith("-8")
+
+
+async def test_an_upload_holds_at_most_k_parts_and_copies_none(sink: S3Sink) -> None:
+    """Peak memory is K x part size: at most max_parts_in_flight part buffers exist at once, the
+    one being filled included, and all K are used; nothing on the way to the store (the body that
+    botocore and aiohttp read, the part checksum) copies a part into Python's heap; at commit every
+    buffer is gone."""
+    data = content_bytes(5, 9 * PART + 123)
+    sha256 = hashlib.sha256(data).hexdigest()
+    upload = await sink.open(KEY, content_type=None, expected_size=len(data), expected_sha256=None)
+    buffers = []
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for start in range(0, len(data), 256 << 10):  # small writes: their own copies stay small
+            await upload.write(data[start : start + (256 << 10)])
+            buffers.append(upload.part_buffers)
+        await upload.commit(size=len(data), sha256=sha256)
+        # The part buffers are memory maps, outside what tracemalloc sees: this is everything else.
+        peak = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+    assert max(buffers) == sink.settings.max_parts_in_flight
+    assert upload.part_buffers == 0
+    assert peak < PART
+    assert (await read_back(sink))[0] == data
+
+
+@contextlib.asynccontextmanager
+async def first_part_cut(upstream: str) -> AsyncIterator[tuple[str, list[str]]]:
+    """A reverse proxy to ``upstream`` that breaks the connection of the first UploadPart of part 2
+    after 1 MiB of its body, and forwards everything else. Yields its URL and the cut requests."""
+    cut: list[str] = []
+    hop_by_hop = {"connection", "keep-alive", "transfer-encoding", "content-length"}
+
+    async def forward(request: web.Request) -> web.StreamResponse:
+        if request.query.get("partNumber") == "2" and not cut:
+            cut.append(request.path_qs)
+            await request.content.readexactly(MIB)
+            assert request.transport is not None
+            request.transport.abort()
+            return web.Response(status=500)
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in hop_by_hop}
+        async with client.request(
+            request.method,
+            upstream + request.path_qs,
+            headers=headers,
+            data=io.BytesIO(await request.read()),
+            skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type", "Accept"),
+        ) as resp:
+            out = {k: v for k, v in resp.headers.items() if k.lower() not in hop_by_hop}
+            return web.Response(status=resp.status, headers=out, body=await resp.read())
+
+    app = web.Application(client_max_size=1 << 30)
+    app.router.add_route("*", "/{tail:.*}", forward)
+    runner = web.AppRunner(app, access_log=None)
+    async with aiohttp.ClientSession(auto_decompress=False) as client:
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, "127.0.0.1", 0).start()
+            yield f"http://127.0.0.1:{runner.addresses[0][1]}", cut
+        finally:
+            await runner.cleanup()
+
+
+async def test_a_part_cut_off_is_sent_again_whole(s3_server: S3Server, prefix: str) -> None:
+    """botocore retries a part whose connection broke mid-body; the part's body starts over, so the
+    store gets (and checks) the whole part again and the object is right."""
+    data = content_bytes(9, 3 * PART)
+    sha256 = hashlib.sha256(data).hexdigest()
+    async with first_part_cut(s3_server.endpoint_url) as (url, cut):
+        settings = make_settings(s3_server, prefix, endpoint_url=url)
+        async with open_s3_sink(settings, session=aws_session(s3_server)) as s3:
+            upload = await s3.open(KEY, content_type=None, expected_size=len(data), expected_sha256=sha256)
+            for start in range(0, len(data), MIB):
+                await upload.write(data[start : start + MIB])
+            await upload.commit(size=len(data), sha256=sha256)
+            assert (await read_back(s3))[0] == data
+    assert len(cut) == 1
 
 
 async def test_vendor_checksum_mismatch_leaves_nothing(

@@ -3,11 +3,16 @@
 One aiobotocore client per process (``open_s3_sink`` / ``S3Sink.connect``), credentials from
 botocore's standard chain, errors translated in ``s3_errors``, calls made by ``s3_bucket.Bucket``.
 
-Streaming. Bytes are collected into a part buffer (``s3_parts`` sizes it from the published size).
-An asset no larger than one part is sent at commit as a single ``PutObject``; as soon as more than
-one part's worth arrives, a multipart upload starts and each full part is sent by its own task. At
-most ``max_parts_in_flight`` (K) parts are in flight: ``write()`` does not return while K are, so
-the transfer stops reading its source while the store is behind, and memory stays near K parts.
+Streaming. Bytes are copied once, into a part buffer (``s3_parts`` sizes it from the published
+size), and sent from there as they are (``s3_bucket.PartBody``). An asset no larger than one part
+is sent at commit as a single ``PutObject``; as soon as more than one part's worth arrives, a
+multipart upload starts and each full part is sent by its own task. At most
+``max_parts_in_flight`` (K) parts are in flight: ``write()`` does not return while K are, so the
+transfer stops reading its source while the store is behind. The buffer being filled counts
+against the same K: a buffer for the next part is taken only while fewer than K parts are in
+flight, and a part's buffer is reused once the store accepted the part. So an upload holds at most
+K part buffers, K x part size, plus per request in flight a few hundred KiB that aiohttp and
+botocore read from the buffer in slices (bench/README.md has the measured figures).
 
 Visibility and the ``sha256`` metadata. S3 only shows an object once ``PutObject`` or
 ``CompleteMultipartUpload`` succeeds, and both happen in ``commit()``, which the transfer calls only

@@ -7,6 +7,8 @@ docstring of ``worker.sinks.s3``, which creates these uploads.
 from __future__ import annotations
 
 import asyncio
+import mmap
+import weakref
 from typing import TYPE_CHECKING
 
 import structlog
@@ -28,23 +30,40 @@ log = structlog.get_logger("worker.sinks.s3")
 class _Multipart:
     """One multipart upload and its part tasks (at most K running)."""
 
-    def __init__(self, bucket: Bucket, key: str, object_key: str, upload_id: str, *, checksum: bool) -> None:
+    def __init__(
+        self,
+        bucket: Bucket,
+        key: str,
+        object_key: str,
+        upload_id: str,
+        *,
+        checksum: bool,
+        buffers: _PartBuffers,
+    ) -> None:
         self.bucket = bucket
         self.key = key
         self.object_key = object_key
         self.upload_id = upload_id
         self.checksum = checksum
         self.completed = False  # the object exists (at the staging key, for a staged upload)
+        self._buffers = buffers
         self._tasks: set[asyncio.Task[CompletedPartTypeDef]] = set()
         self._parts: list[CompletedPartTypeDef] = []
         self._failure: BaseException | None = None  # the first part failure, raised on every call after
 
-    def submit(self, number: int, data: bytes) -> None:
-        coro = self.bucket.upload_part(
-            self.object_key, self.upload_id, number, data, key=self.key, checksum=self.checksum
-        )
+    def submit(self, number: int, buffer: _PartBuffer) -> None:
+        """Upload ``buffer`` as part ``number``; the buffer belongs to the part until it is accepted."""
         # Owned here, never fire-and-forget: awaited by wait_below/parts or cancelled by cancel.
-        self._tasks.add(asyncio.create_task(coro))
+        self._tasks.add(asyncio.create_task(self._upload(number, buffer)))
+
+    async def _upload(self, number: int, buffer: _PartBuffer) -> CompletedPartTypeDef:
+        part = await self.bucket.upload_part(
+            self.object_key, self.upload_id, number, buffer.filled(), key=self.key, checksum=self.checksum
+        )
+        # Reused only once the store has answered for every byte of it. After a failure or a
+        # cancellation the request may still be reading it, and the upload is abandoned anyway.
+        self._buffers.give_back(buffer)
+        return part
 
     @property
     def in_flight(self) -> int:
@@ -84,26 +103,75 @@ class _Multipart:
 
 
 class _PartBuffer:
-    """The part being filled, kept as the pieces received and joined once, when it is sent.
+    """One part's bytes, written in place into an anonymous memory map and sent from there.
 
-    (Joining into ``bytes`` rather than growing a ``bytearray`` lets ``io.BytesIO`` share the part
-    without another copy; aiohttp streams a file-like body instead of writing it in one go.)
+    Written once (from the chunks the transfer hands over) and never copied again: the request
+    body and the part checksum read the map in place. A map rather than a bytearray: its pages are
+    zero until written and resident only once written, so a buffer sized for a whole part costs a
+    small asset only its own size, and a map given up returns its memory to the system at once.
     """
 
-    __slots__ = ("_pieces", "size")
+    __slots__ = ("_view", "map", "size")
 
-    def __init__(self) -> None:
-        self._pieces: list[memoryview] = []
+    def __init__(self, capacity: int) -> None:
+        self.map = mmap.mmap(-1, capacity)
+        self._view = memoryview(self.map)
         self.size = 0
 
-    def add(self, piece: memoryview) -> None:
-        self._pieces.append(piece)
-        self.size += len(piece)
+    @property
+    def capacity(self) -> int:
+        return len(self._view)
 
-    def take(self) -> bytes:
-        data = b"".join(self._pieces)
-        self._pieces, self.size = [], 0
-        return data
+    @property
+    def full(self) -> bool:
+        return self.size == len(self._view)
+
+    def fill(self, data: memoryview) -> memoryview:
+        """Copy as much of ``data`` as there is room for; return the rest."""
+        count = min(len(data), len(self._view) - self.size)
+        self._view[self.size : self.size + count] = data[:count]
+        self.size += count
+        return data[count:]
+
+    def filled(self) -> memoryview:
+        return self._view[: self.size]
+
+
+class _PartBuffers:
+    """The part buffers of one upload, reused from part to part; at most K of them exist.
+
+    The bound is kept by how the upload uses them, not here: a buffer is taken for the next part
+    only while fewer than K parts are in flight (``S3Upload._send_part`` waits for that), and a
+    part's buffer is given back only once the store accepted the part, so the buffers in flight,
+    the one being filled and the spares together never exceed K.
+    """
+
+    def __init__(self) -> None:
+        self._spares: list[_PartBuffer] = []
+        # The maps, not the buffers: a map lives on while any view of it does, wherever that is.
+        self._alive: weakref.WeakSet[mmap.mmap] = weakref.WeakSet()
+
+    @property
+    def alive(self) -> int:
+        return len(self._alive)
+
+    def take(self, capacity: int) -> _PartBuffer:
+        while self._spares:
+            buffer = self._spares.pop()
+            # Part sizes only grow (size unknown: they double every 1,000 parts), so a spare of
+            # another size is never needed again and is dropped before a new one is made.
+            if buffer.capacity == capacity:
+                buffer.size = 0
+                return buffer
+        buffer = _PartBuffer(capacity)
+        self._alive.add(buffer.map)
+        return buffer
+
+    def give_back(self, buffer: _PartBuffer) -> None:
+        self._spares.append(buffer)
+
+    def drop_spares(self) -> None:
+        self._spares.clear()
 
 
 class S3Upload:
@@ -127,7 +195,8 @@ class S3Upload:
         self._expected_size = expected_size
         self._expected_sha256 = expected_sha256
         self._present = present  # an identical object was found at open: nothing is uploaded
-        self._buffer = _PartBuffer()
+        self._buffers = _PartBuffers()
+        self._filling: _PartBuffer | None = None  # the part being filled
         self._size = 0
         self._next_part = 1
         self._multipart: _Multipart | None = None
@@ -138,10 +207,13 @@ class S3Upload:
         """Part uploads started and not yet reaped (below ``max_parts_in_flight`` between writes)."""
         return self._multipart.in_flight if self._multipart is not None else 0
 
+    @property
+    def part_buffers(self) -> int:
+        """Part buffers of this upload still in memory: at most ``max_parts_in_flight``."""
+        return self._buffers.alive
+
     async def write(self, chunk: bytes) -> None:
         self._ensure_open()
-        if not isinstance(chunk, bytes):
-            chunk = bytes(chunk)  # the buffer keeps views of the chunks: they must be immutable
         self._size += len(chunk)
         if self._present:
             return
@@ -149,14 +221,12 @@ class S3Upload:
             await self._multipart.wait_below(self._sink.settings.max_parts_in_flight)
         view = memoryview(chunk)
         while view:
-            limit = self._part_size()
-            if self._buffer.size >= limit:
+            buffer = self._part_buffer()
+            if buffer.full:
                 # A full buffer followed by more bytes is a part, not the whole object.
                 await self._send_part()
                 continue
-            room = limit - self._buffer.size
-            self._buffer.add(view[:room])
-            view = view[room:]
+            view = buffer.fill(view)
 
     async def restart(self) -> None:
         self._ensure_open()
@@ -194,6 +264,7 @@ class S3Upload:
             if existing is not None and identical(existing, size, sha256):
                 return await self._already_present(existing)
             raise
+        self._drop_buffers()
         self._state = "committed"
         return Committed(uri=self._sink.uri_for(self.key), etag=written.etag, version_id=written.version_id)
 
@@ -209,12 +280,16 @@ class S3Upload:
         if self._state != "open":
             raise RuntimeError(f"upload of {self.key} is already {self._state}")
 
-    def _part_size(self) -> int:
-        return part_size_at(
-            self._next_part,
-            expected_size=self._expected_size,
-            minimum=self._sink.settings.part_size_min_bytes,
-        )
+    def _part_buffer(self) -> _PartBuffer:
+        """The buffer of the part being filled; a spare or a new one when there is none."""
+        if self._filling is None:
+            size = part_size_at(
+                self._next_part,
+                expected_size=self._expected_size,
+                minimum=self._sink.settings.part_size_min_bytes,
+            )
+            self._filling = self._buffers.take(size)
+        return self._filling
 
     async def _send_part(self) -> None:
         if self._next_part > MAX_PARTS:
@@ -224,8 +299,12 @@ class S3Upload:
                 code="object_too_large",
             )
         multipart = self._multipart or await self._start_multipart()
-        multipart.submit(self._next_part, self._buffer.take())
+        buffer, self._filling = self._filling, None
+        assert buffer is not None
+        multipart.submit(self._next_part, buffer)
         self._next_part += 1
+        # The next part's buffer is taken only after this: fewer than K in flight plus the one
+        # being filled is what keeps the upload to K buffers.
         await multipart.wait_below(self._sink.settings.max_parts_in_flight)
 
     async def _start_multipart(self) -> _Multipart:
@@ -238,15 +317,20 @@ class S3Upload:
             content_type=self._content_type,
             staged=staged,
         )
-        self._multipart = _Multipart(self._bucket, self.key, target, upload_id, checksum=checksum)
+        self._multipart = _Multipart(
+            self._bucket, self.key, target, upload_id, checksum=checksum, buffers=self._buffers
+        )
         self._sink.live_uploads.add(upload_id)
         return self._multipart
 
     async def _finish_parts(self) -> list[CompletedPartTypeDef]:
         assert self._multipart is not None
-        if self._buffer.size:
+        if self._filling is not None and self._filling.size:
             await self._send_part()
-        return await self._multipart.parts()
+        parts = await self._multipart.parts()
+        # Every part is in the store: the buffers are not needed for completing or copying.
+        self._drop_buffers()
+        return parts
 
     async def _publish(self, parts: list[CompletedPartTypeDef], size: int, sha256: str) -> Written:
         if_absent = not self._sink.settings.overwrite
@@ -254,7 +338,7 @@ class S3Upload:
         if multipart is None:
             return await self._bucket.put(
                 self._object_key,
-                self._buffer.take(),
+                self._filling.filled() if self._filling is not None else memoryview(b""),
                 key=self.key,
                 sha256_hex=sha256,
                 content_type=self._content_type,
@@ -308,10 +392,15 @@ class S3Upload:
             code="object_exists",
         )
 
+    def _drop_buffers(self) -> None:
+        """Free the buffer being filled and the spares (a part task still running frees its own)."""
+        self._buffers.drop_spares()
+        self._filling = None
+
     async def _discard(self) -> None:
-        """Drop the buffer, stop the part tasks, abort the upload, delete a staged object; quietly."""
+        """Drop the buffers, stop the part tasks, abort the upload, delete a staged object; quietly."""
         multipart, self._multipart = self._multipart, None
-        self._buffer = _PartBuffer()
+        self._drop_buffers()
         if multipart is None:
             return
         await multipart.cancel()

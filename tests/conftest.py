@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.pgserver import PgServer, run_postgres
 from tests.s3server import S3Server, run_seaweedfs
 from worker.app import Worker, open_worker
 from worker.config import CloudlayerSettings, HttpSettings, LayersSettings, PollSettings, Settings
@@ -40,6 +41,19 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     """One real S3-compatible server (SeaweedFS) on loopback for the whole session."""
     with run_seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """One PostgreSQL for the session (tests/pgserver.py says where it comes from)."""
+    with run_postgres() as server:
+        yield server
+
+
+@pytest.fixture
+def pg_url(pg_server: PgServer) -> str:
+    """A fresh, empty database of the session's PostgreSQL."""
+    return pg_server.create_database()
 
 
 @pytest.fixture

@@ -1,4 +1,7 @@
-"""The store contract, run against the SQLite backend (and, later, PostgreSQL through ``store_url``)."""
+"""The store contract, run against both backends: SQLite and PostgreSQL (through ``store_url``).
+
+Tests about one backend's files or schema bookkeeping name that backend in their own URL.
+"""
 
 from __future__ import annotations
 
@@ -26,9 +29,12 @@ C = JobKey("layers", "job-c")
 ERR = JobError(code="upstream_unavailable", message="503 from the API")
 
 
-@pytest.fixture
-def store_url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path}/s.db"
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/s.db"
+    url: str = request.getfixturevalue("pg_url")
+    return url
 
 
 @pytest.fixture
@@ -198,7 +204,7 @@ async def test_concurrent_claims_from_two_connections_never_overlap(store: Store
 
 
 async def test_claims_are_exclusive_across_processes(store: Store, store_url: str) -> None:
-    """A second process claiming from the same file never receives a job this one holds."""
+    """A second process claiming from the same database never receives a job this one holds."""
     keys = [JobKey("layers", f"p{i:03}") for i in range(200)]
     for key in keys:
         await store.submit(key, now=1.0)
@@ -597,7 +603,7 @@ async def test_open_store_creates_directories_and_uses_wal(
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
-@pytest.mark.parametrize("url", ["postgresql://db/worker", "redis://localhost", "s.db"])
+@pytest.mark.parametrize("url", ["postgresql:///worker", "redis://localhost", "s.db"])
 async def test_open_store_rejects_other_schemes(url: str) -> None:
     """Store URLs no backend serves are a ConfigError."""
     with pytest.raises(ConfigError):

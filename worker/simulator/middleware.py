@@ -126,5 +126,9 @@ async def upstream_middleware(request: web.Request, handler: Handler) -> web.Str
     except web.HTTPException as exc:
         record.status = exc.status
         raise
+    finally:
+        # A streamed body is written before the handler returns: this is when the last byte went
+        # out, or when the client went away.
+        record.ended_t = state.clock()
     record.status = None if rule is not None and rule.kind == "reset" else response.status
     return response

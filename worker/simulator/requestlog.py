@@ -30,6 +30,7 @@ class RequestRecord:
     had_authorization: bool = False  # same for an Authorization header (the Layers API's bearer token)
     range: str | None = None
     fault: str | None = None
+    ended_t: float | None = None  # when the answer was complete or abandoned; None while in progress
 
     def to_json(self) -> dict[str, object]:
         """The record as ``GET /_sim/requests`` shows it."""

@@ -2,27 +2,25 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
-
-from worker.config import sqlite_path
-from worker.errors import ConfigError
+from worker.config import sqlite_path, store_kind
 from worker.store.base import Cursor, Phase, QueueStats, Store, SubmitResult
 
 __all__ = ["Cursor", "Phase", "QueueStats", "Store", "SubmitResult", "open_store"]
 
 
-async def open_store(url: str) -> Store:
-    """Open the store named by ``url`` (``sqlite:///relative.db`` or ``sqlite:////absolute.db``).
+async def open_store(url: str, *, pool_size: int = 10) -> Store:
+    """Open the store named by ``url``: ``sqlite:///relative.db``, ``sqlite:////absolute.db`` or
+    ``postgresql://user:password@host:5432/database`` (``pool_size`` connections).
 
-    Raises ``ConfigError`` for a malformed URL or a scheme no backend serves.
+    Raises ``ConfigError`` for a malformed URL or a scheme no backend serves, and
+    ``StoreUnavailable`` when the backend cannot be reached.
     """
-    scheme = urlsplit(url).scheme
-    if scheme == "sqlite":
-        # Imported here so a future PostgreSQL-only deployment never loads the SQLite driver.
-        from worker.store.sqlite import SqliteStore
+    if store_kind(url) == "postgresql":
+        # Imported here so a SQLite-only installation never loads the PostgreSQL driver.
+        from worker.store.postgres import PostgresStore
 
-        return await SqliteStore.open(sqlite_path(url))
-    raise ConfigError(
-        f"ASSET_WORKER_STORE={url!r}: unsupported store scheme {scheme!r} "
-        "(use sqlite:///PATH, e.g. sqlite:///./asset-worker.db)"
-    )
+        return await PostgresStore.open(url, pool_size=pool_size)
+    # Imported here so a PostgreSQL-only deployment never loads the SQLite driver.
+    from worker.store.sqlite import SqliteStore
+
+    return await SqliteStore.open(sqlite_path(url))

@@ -24,7 +24,7 @@ from worker.errors import ConfigError, LeaseLost, StoreUnavailable
 from worker.models import AssetRecord, AssetRef, Job, JobError, JobKey, JobState, Receipt
 from worker.store import sqlite_schema
 from worker.store.base import Cursor, Phase, QueueStats, SubmitResult
-from worker.store.sqlite_schema import asset_from_row, error_columns, job_from_row, opt_float, ref_columns
+from worker.store.rows import asset_from_row, error_columns, job_from_row, opt_float, ref_columns
 
 BUSY_TIMEOUT_S = 10.0
 

@@ -19,6 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.pgserver import PgServer
 from worker.errors import ConfigError, LeaseLost
 from worker.models import AssetRef, AssetState, JobError, JobKey, JobState, Receipt
 from worker.store import Cursor, Phase, Store, open_store, sqlite_schema
@@ -643,6 +644,13 @@ def test_claims_follow_a_simple_model(ops: list[tuple[str, str, int]]) -> None:
     """Random claims, reschedules, releases and finishes agree with a plain model of leases."""
     with tempfile.TemporaryDirectory() as tmp:
         asyncio.run(_run_model(f"sqlite:///{tmp}/m.db", ops))
+
+
+@settings(max_examples=25, deadline=None)
+@given(ops=st.lists(_ops, max_size=30))
+def test_postgres_claims_follow_the_same_model(pg_server: PgServer, ops: list[tuple[str, str, int]]) -> None:
+    """The same model on PostgreSQL, a fresh database per example."""
+    asyncio.run(_run_model(pg_server.create_database(), ops))
 
 
 async def _run_model(url: str, ops: list[tuple[str, str, int]]) -> None:

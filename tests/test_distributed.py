@@ -1,0 +1,325 @@
+"""Several worker processes sharing one PostgreSQL queue, as replicas of a Deployment do: every job
+done once, every asset stored once and verified, through SIGKILLed replicas and a database restart.
+
+The replicas are real ``asset-worker run`` processes; the simulator runs in this test's event loop
+and its request log shows who fetched what, when.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import itertools
+import os
+import signal
+import socket
+import sys
+from collections import defaultdict
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import pytest
+
+import worker
+from tests.pgserver import private_cluster
+from worker.models import Job, JobState
+from worker.simulator.app import Simulator
+from worker.simulator.cloudlayer_jobs import SimJob
+from worker.simulator.content import content_sha256
+from worker.simulator.requestlog import RequestRecord
+from worker.store import Store, open_store
+
+MiB = 1 << 20
+
+
+@dataclass
+class Replica:
+    name: str
+    proc: asyncio.subprocess.Process
+    log_path: Path
+
+
+class Fleet:
+    """Replicas of ``asset-worker run`` on one store; each logs to its own file."""
+
+    def __init__(self, env: Mapping[str, str], log_dir: Path) -> None:
+        self._env = dict(env)
+        self._log_dir = log_dir
+        self.replicas: list[Replica] = []
+
+    async def start(self) -> Replica:
+        name = f"replica-{len(self.replicas)}"
+        log_path = self._log_dir / f"{name}.log"
+        env = dict(self._env, ASSET_WORKER_WORKER_ID=name, ASSET_WORKER_LISTEN=f"127.0.0.1:{_free_port()}")
+        with log_path.open("wb") as log:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "worker.cli",
+                "run",
+                env=env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log,
+                stderr=asyncio.subprocess.STDOUT,
+            )
+        replica = Replica(name, proc, log_path)
+        self.replicas.append(replica)
+        return replica
+
+    @property
+    def alive(self) -> list[Replica]:
+        return [r for r in self.replicas if r.proc.returncode is None]
+
+    def check(self) -> None:
+        """Fail at once, with its log, if a replica exited that this test did not kill."""
+        for replica in self.replicas:
+            code = replica.proc.returncode
+            if code is not None and code != -signal.SIGKILL:
+                tail = replica.log_path.read_text(errors="replace")[-3000:]
+                pytest.fail(f"{replica.name} exited with {code}:\n{tail}")
+
+    async def stop(self) -> dict[str, int]:
+        """SIGTERM every live replica; their exit codes."""
+        codes: dict[str, int] = {}
+        for replica in self.alive:
+            replica.proc.send_signal(signal.SIGTERM)
+        for replica in self.alive:
+            codes[replica.name] = await asyncio.wait_for(replica.proc.wait(), 60)
+        return codes
+
+    async def kill_all(self) -> None:
+        for replica in self.alive:
+            replica.proc.kill()
+            await replica.proc.wait()
+
+
+@pytest.fixture
+async def fleet_env(sim: Simulator, tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ASSET_WORKER_", "CLOUDLAYER_"))}
+    env.update(
+        ASSET_WORKER_DEST=f"file://{tmp_path / 'assets'}",
+        ASSET_WORKER_LEASE_S="3",
+        ASSET_WORKER_CONCURRENCY="3",
+        ASSET_WORKER_POLL_CONCURRENCY="16",
+        ASSET_WORKER_POLL_INITIAL_S="0.1",
+        ASSET_WORKER_POLL_MAX_S="0.5",
+        ASSET_WORKER_CLAIM_INTERVAL_S="0.1",
+        ASSET_WORKER_RETRY_INITIAL_S="0.05",
+        ASSET_WORKER_RETRY_MAX_S="0.5",
+        ASSET_WORKER_PG_POOL_SIZE="4",
+        ASSET_WORKER_LOG_FORMAT="json",
+        CLOUDLAYER_API_KEY=sim.api_key,
+        CLOUDLAYER_BASE_URL=sim.url,
+    )
+    return env
+
+
+@contextlib.asynccontextmanager
+async def fleet_of(env: Mapping[str, str], log_dir: Path, size: int) -> AsyncIterator[Fleet]:
+    fleet = Fleet(env, log_dir)
+    try:
+        for _ in range(size):
+            await fleet.start()
+        yield fleet
+    finally:
+        await fleet.kill_all()
+
+
+async def test_three_replicas_share_300_jobs_through_two_sigkills(
+    sim: Simulator, fleet_env: dict[str, str], pg_url: str, tmp_path: Path
+) -> None:
+    """300 jobs, three replicas, two of them SIGKILLed in the middle of a download (and replaced):
+    every job done, every asset stored once and verified, no file fetched by two replicas at once,
+    no temp file left behind."""
+    dest = tmp_path / "assets"
+    small = [
+        sim.add_cloudlayer_job(id=f"d-{i:03}", pending_s=0.05 + (i % 20) * 0.05, size=20_000 + i * 97)
+        for i in range(290)
+    ]
+    # Large files, finishing upstream one after another so downloads are in flight throughout.
+    large = [
+        sim.add_cloudlayer_job(id=f"big-{i}", pending_s=0.5 + i * 0.6, size=48 * MiB + i) for i in range(10)
+    ]
+    jobs = small + large
+    env = dict(fleet_env, ASSET_WORKER_STORE=pg_url)
+    async with fleet_of(env, tmp_path, 3) as fleet:
+        results = await worker.submit_async([f"cloudlayer:{job.id}" for job in jobs], store=pg_url)
+        assert all(r.created for r in results)
+        store = await open_store(pg_url)
+        try:
+            killed: list[Path] = []
+            async with asyncio.timeout(240):
+                while len(killed) < 2:
+                    part, victim = await _replica_writing_a_large_file(fleet, dest, exclude=killed)
+                    victim.proc.kill()  # SIGKILL: no drain, no release, its temp file stays behind
+                    await victim.proc.wait()
+                    killed.append(part)
+                    await fleet.start()  # the Deployment replaces it
+                await _until_finished(store, fleet)
+            statuses = {str(job.key): job for job in await store.list_jobs()}
+        finally:
+            await store.close()
+        codes = await fleet.stop()
+    assert codes == dict.fromkeys(codes, 0) and len(codes) == 3
+
+    _assert_each_stored_once(list(statuses.values()), jobs, dest, hash_on_disk=large)
+    _assert_no_job_served_twice_at_once(sim.requests())
+    # The kills really cut downloads short: each killed temp file's job had to be fetched again by
+    # another replica (the first response may have been fully sent into socket buffers by then).
+    by_id = {job.id: job for job in large}
+    for part in killed:
+        job = by_id[part.parent.name]  # temp files sit beside their final path, .../<job id>/
+        fetches = [r for r in sim.requests("files") if job.file_name in r.path]
+        assert len(fetches) >= 2, f"{job.id}: its download was killed, yet it was fetched only once"
+
+
+async def test_a_database_restart_mid_run_loses_nothing(
+    sim: Simulator, fleet_env: dict[str, str], tmp_path: Path
+) -> None:
+    """PostgreSQL stopped for a few seconds while two replicas work: they report it, carry on, and
+    every job finishes with one verified copy; nothing is recorded twice."""
+    with private_cluster() as server:
+        jobs = [
+            sim.add_cloudlayer_job(id=f"o-{i:02}", pending_s=0.2 + i * 0.05, size=300_000 + i)
+            for i in range(60)
+        ]
+        jobs += [sim.add_cloudlayer_job(id=f"o-big-{i}", pending_s=0.3, size=24 * MiB + i) for i in range(3)]
+        url = server.url()
+        env = dict(fleet_env, ASSET_WORKER_STORE=url)
+        await worker.submit_async([f"cloudlayer:{job.id}" for job in jobs], store=url)
+        async with fleet_of(env, tmp_path, 2) as fleet:
+            await _until_some_done(url, 5, fleet)
+            server.stop(immediate=True)  # like a crash of the database
+            await asyncio.sleep(3)
+            assert len(fleet.alive) == 2, "a replica died with its database"
+            await asyncio.to_thread(server.start)
+            store = await open_store(url)
+            try:
+                async with asyncio.timeout(180):
+                    await _until_finished(store, fleet)
+                finished = await store.list_jobs()
+            finally:
+                await store.close()
+            codes = await fleet.stop()
+        logs = "".join(r.log_path.read_text() for r in fleet.replicas)
+    assert codes == {"replica-0": 0, "replica-1": 0}
+    assert "store_unavailable" in logs or "store_retrying" in logs
+    _assert_each_stored_once(finished, jobs, tmp_path / "assets", hash_on_disk=jobs[-3:])
+    _assert_no_job_served_twice_at_once(sim.requests())
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+
+async def _replica_writing_a_large_file(
+    fleet: Fleet, dest: Path, *, exclude: list[Path]
+) -> tuple[Path, Replica]:
+    """Wait for a temp file of at least 4 MiB that a live replica has open; that file and replica."""
+    while True:
+        fleet.check()
+        found = _large_temp_file_in_use(fleet, dest, exclude)
+        if found is not None:
+            return found
+        await asyncio.sleep(0.02)
+
+
+def _large_temp_file_in_use(fleet: Fleet, dest: Path, exclude: list[Path]) -> tuple[Path, Replica] | None:
+    for part in dest.rglob("*.part") if dest.exists() else []:
+        if part in exclude:
+            continue
+        try:
+            if part.stat().st_size < 4 * MiB:
+                continue
+        except FileNotFoundError:
+            continue
+        for replica in fleet.alive:
+            if _has_open(replica.proc.pid, part):
+                return part, replica
+    return None
+
+
+def _assert_each_stored_once(
+    finished: list[Job], jobs: list[SimJob], dest: Path, *, hash_on_disk: list[SimJob]
+) -> None:
+    """Every job done with its one asset verified and at its path; nothing else under ``dest``
+    (no second copy, no temp file left by a killed replica)."""
+    by_key = {str(job.key): job for job in finished}
+    assert sorted(by_key) == sorted(f"cloudlayer:{job.id}" for job in jobs)
+    uris: dict[str, str] = {}
+    for job in jobs:
+        record = by_key[f"cloudlayer:{job.id}"]
+        assert record.state is JobState.DONE, (job.id, record.error)
+        (asset,) = record.assets
+        assert asset.receipt is not None
+        assert (asset.receipt.size, asset.receipt.sha256) == (job.size, content_sha256(job.seed, job.size))
+        path = Path(unquote(urlsplit(asset.receipt.uri).path))
+        assert path.stat().st_size == job.size
+        uris[job.id] = asset.receipt.uri
+    for job in hash_on_disk:
+        assert _sha256(Path(unquote(urlsplit(uris[job.id]).path))) == content_sha256(job.seed, job.size)
+    files = [p for p in dest.rglob("*") if p.is_file()]
+    assert [p for p in files if p.name.endswith(".part")] == []
+    assert len(files) == len(jobs)
+
+
+def _has_open(pid: int, path: Path) -> bool:
+    fd_dir = Path(f"/proc/{pid}/fd")
+    with contextlib.suppress(OSError):
+        for fd in fd_dir.iterdir():
+            with contextlib.suppress(OSError):
+                if os.readlink(fd) == str(path):
+                    return True
+    return False
+
+
+async def _until_finished(store: Store, fleet: Fleet) -> None:
+    while True:
+        fleet.check()
+        count, _ = await store.unfinished()
+        if count == 0:
+            return
+        await asyncio.sleep(0.2)
+
+
+async def _until_some_done(url: str, count: int, fleet: Fleet) -> None:
+    store = await open_store(url)
+    try:
+        async with asyncio.timeout(60):
+            while True:
+                fleet.check()
+                if len(await store.list_jobs(states=[JobState.DONE])) >= count:
+                    return
+                await asyncio.sleep(0.1)
+    finally:
+        await store.close()
+
+
+def _assert_no_job_served_twice_at_once(records: list[RequestRecord]) -> None:
+    """Per upstream path (one job's status, one file), requests never overlap in time: at most one
+    replica works on a job at any moment (a killed replica's request ends when its socket does)."""
+    by_path: dict[str, list[RequestRecord]] = defaultdict(list)
+    for record in records:
+        by_path[record.path].append(record)
+    for path, requests in by_path.items():
+        requests.sort(key=lambda r: r.t)
+        for earlier, later in itertools.pairwise(requests):
+            assert earlier.ended_t is not None, f"{path}: a request never ended"
+            assert later.t >= earlier.ended_t, f"{path}: two requests at once ({earlier} and {later})"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(4 * MiB):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port

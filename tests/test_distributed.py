@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import itertools
 import os
 import signal
 import socket
 import sys
+import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -24,8 +26,10 @@ from urllib.parse import unquote, urlsplit
 import pytest
 
 import worker
+from tests.conftest import SettingsFactory
 from tests.pgserver import private_cluster
-from worker.models import Job, JobState
+from worker.app import open_worker
+from worker.models import AssetState, Job, JobKey, JobState
 from worker.simulator.app import Simulator
 from worker.simulator.cloudlayer_jobs import SimJob
 from worker.simulator.content import content_sha256
@@ -323,3 +327,39 @@ def _free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+async def test_a_job_taken_over_fetches_only_what_was_not_yet_stored(
+    sim: Simulator, make_settings: SettingsFactory, pg_url: str
+) -> None:
+    """A replica stuck on the last file of a slideshow stops renewing its lease; another replica takes
+    the job over and fetches only that file: the slides already stored and verified are not
+    downloaded again, and the stuck replica, fenced off, publishes nothing."""
+    container = sim.add_layers_container(format="slideshow", slides=3, size=150_000)
+    assets = [asset.asset_id for asset in container.generation.assets]
+    sim.add_fault(route="files", match=assets[-1], kind="stall", delay_s=30, count=1)
+    base = make_settings(store_url=pg_url, lease_s=1.0)
+    http = dataclasses.replace(base.http, read_timeout_s=3.0, request_attempts=1)
+    key = JobKey.parse(f"layers:{container.id}")
+    async with (
+        open_worker(dataclasses.replace(base, worker_id="stuck", http=http)) as stuck,
+        open_worker(dataclasses.replace(base, worker_id="successor")) as successor,
+    ):
+        await stuck.store.submit(key, now=time.time())
+        async with asyncio.timeout(60), asyncio.TaskGroup() as group:
+            group.create_task(stuck.runner.run(stop=asyncio.Event(), until_idle=True))
+            await _until_assets_stored(stuck.store, key, len(assets) - 1)
+            group.create_task(successor.runner.run(stop=asyncio.Event(), until_idle=True))
+        (job,) = await successor.store.get([key])
+    assert job.state is JobState.DONE, job.error
+    assert [a.state for a in job.assets] == [AssetState.STORED] * len(assets)
+    fetches = {asset: [r for r in sim.requests("files") if asset in r.path] for asset in assets}
+    assert [len(fetches[a]) for a in assets] == [1] * (len(assets) - 1) + [2]
+
+
+async def _until_assets_stored(store: Store, key: JobKey, count: int) -> None:
+    while True:
+        (job,) = await store.get([key])
+        if sum(a.state is AssetState.STORED for a in job.assets) >= count:
+            return
+        await asyncio.sleep(0.02)

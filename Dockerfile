@@ -54,7 +54,8 @@ RUN mkdir -p /var/lib/asset-worker \
 USER 10001:10001
 WORKDIR /var/lib/asset-worker
 VOLUME ["/var/lib/asset-worker"]
-# HTTP service (ASSET_WORKER_LISTEN, default 0.0.0.0:8080): /healthz, /readyz, /metrics and the API.
+# HTTP service (ASSET_WORKER_LISTEN, default 0.0.0.0:8080; loopback only until ASSET_WORKER_API_TOKEN
+# is set): /healthz, /readyz, /metrics and the API.
 EXPOSE 8080
 # SIGTERM starts the drain (ASSET_WORKER_GRACE_S); give `docker stop -t` more than the grace.
 # No HEALTHCHECK: the same image runs `submit`, `status` and `run --no-http`, which serve no HTTP,

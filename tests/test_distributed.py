@@ -14,7 +14,6 @@ import hashlib
 import itertools
 import os
 import signal
-import socket
 import sys
 import time
 from collections import defaultdict
@@ -26,6 +25,7 @@ from urllib.parse import unquote, urlsplit
 import pytest
 
 import worker
+from tests.cli_support import cli_environment
 from tests.conftest import SettingsFactory
 from tests.pgserver import private_cluster
 from worker.app import open_worker
@@ -57,7 +57,7 @@ class Fleet:
     async def start(self) -> Replica:
         name = f"replica-{len(self.replicas)}"
         log_path = self._log_dir / f"{name}.log"
-        env = dict(self._env, ASSET_WORKER_WORKER_ID=name, ASSET_WORKER_LISTEN=f"127.0.0.1:{_free_port()}")
+        env = dict(self._env, ASSET_WORKER_WORKER_ID=name)
         with log_path.open("wb") as log:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -102,21 +102,16 @@ class Fleet:
 
 @pytest.fixture
 async def fleet_env(sim: Simulator, tmp_path: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ASSET_WORKER_", "CLOUDLAYER_"))}
+    """The CLI tests' environment, with leases short enough for takeovers to happen within the test
+    and each replica's store set by the test."""
+    env = cli_environment(tmp_path, sim)
+    del env["ASSET_WORKER_STORE"]
     env.update(
-        ASSET_WORKER_DEST=f"file://{tmp_path / 'assets'}",
         ASSET_WORKER_LEASE_S="3",
         ASSET_WORKER_CONCURRENCY="3",
         ASSET_WORKER_POLL_CONCURRENCY="16",
-        ASSET_WORKER_POLL_INITIAL_S="0.1",
-        ASSET_WORKER_POLL_MAX_S="0.5",
-        ASSET_WORKER_CLAIM_INTERVAL_S="0.1",
-        ASSET_WORKER_RETRY_INITIAL_S="0.05",
-        ASSET_WORKER_RETRY_MAX_S="0.5",
         ASSET_WORKER_PG_POOL_SIZE="4",
         ASSET_WORKER_LOG_FORMAT="json",
-        CLOUDLAYER_API_KEY=sim.api_key,
-        CLOUDLAYER_BASE_URL=sim.url,
     )
     return env
 
@@ -322,13 +317,6 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 async def test_a_job_taken_over_fetches_only_what_was_not_yet_stored(
     sim: Simulator, make_settings: SettingsFactory, pg_url: str
 ) -> None:
@@ -338,7 +326,8 @@ async def test_a_job_taken_over_fetches_only_what_was_not_yet_stored(
     container = sim.add_layers_container(format="slideshow", slides=3, size=150_000)
     assets = [asset.asset_id for asset in container.generation.assets]
     sim.add_fault(route="files", match=assets[-1], kind="stall", delay_s=30, count=1)
-    base = make_settings(store_url=pg_url, lease_s=1.0)
+    # Long enough that a loaded machine never lets the lease lapse while the first slides transfer.
+    base = make_settings(store_url=pg_url, lease_s=2.0)
     http = dataclasses.replace(base.http, read_timeout_s=3.0, request_attempts=1)
     key = JobKey.parse(f"layers:{container.id}")
     async with (
@@ -354,7 +343,10 @@ async def test_a_job_taken_over_fetches_only_what_was_not_yet_stored(
     assert job.state is JobState.DONE, job.error
     assert [a.state for a in job.assets] == [AssetState.STORED] * len(assets)
     fetches = {asset: [r for r in sim.requests("files") if asset in r.path] for asset in assets}
-    assert [len(fetches[a]) for a in assets] == [1] * (len(assets) - 1) + [2]
+    # The stored slides: fetched once. The stalled one: again by the successor (and perhaps a third
+    # time by the stuck replica's own retry, which its lease check then throws away).
+    assert [len(fetches[a]) for a in assets[:-1]] == [1] * (len(assets) - 1)
+    assert len(fetches[assets[-1]]) >= 2
 
 
 async def _until_assets_stored(store: Store, key: JobKey, count: int) -> None:

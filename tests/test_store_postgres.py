@@ -142,11 +142,21 @@ async def test_the_same_keys_from_four_processes_at_once_make_one_job_each(
     assert rows[0]["n"] == len(keys)
 
 
-def test_submit_validates_every_key_before_writing_any(pg_url: str) -> None:
+def test_submit_validates_keys_and_destination_before_writing_anything(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bad key, or a destination outside the worker's, writes nothing; a good one is stored."""
+    monkeypatch.setenv("ASSET_WORKER_DEST", "s3://assets/generated")
+    worker.submit("layers:earlier", store=pg_url)
     with pytest.raises(InvalidJob):
         worker.submit(["cloudlayer:fine", "nope:bad"], store=pg_url)
-    (first,) = worker.submit("cloudlayer:fine", store=pg_url, dest="s3://other/prefix")
-    assert first.created and first.job.dest == "s3://other/prefix"
+    with pytest.raises(ConfigError, match="not inside"):
+        worker.submit("cloudlayer:fine", store=pg_url, dest="s3://other-bucket/generated")
+    assert [r["key"] for r in asyncio.run(_fetch(pg_url, "SELECT key FROM asset_worker.jobs"))] == [
+        "layers:earlier"
+    ]
+    (first,) = worker.submit("cloudlayer:fine", store=pg_url, dest="s3://assets/generated/tenant-a")
+    assert first.created and first.job.dest == "s3://assets/generated/tenant-a"
     (again,) = worker.submit([JobKey("cloudlayer", "fine")], store=pg_url)
     assert not again.created
 

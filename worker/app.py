@@ -1,7 +1,9 @@
-"""Wiring: build a whole worker (store, session, providers, sink, engine, runner) from settings."""
+"""Wiring: build a whole worker (store, session, providers, sink, engine, runner, metrics) from
+settings, and run it as a service (HTTP, systemd notifications, drain)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import random
 from collections.abc import AsyncIterator, Callable
@@ -12,17 +14,22 @@ import structlog
 
 from worker.aio import finish_cleanups
 from worker.clock import Clock, SystemClock
-from worker.config import Settings, dest_path
+from worker.config import HttpBinding, Settings, dest_path
+from worker.destinations import SinkRouter
 from worker.engine import Engine, EngineSettings
 from worker.errors import WorkerError
+from worker.http.server import serve
+from worker.http.state import Service
 from worker.httpclient import HttpClient, new_session
 from worker.lease import Sleep
+from worker.metrics import Metrics
 from worker.policy import Backoff
 from worker.providers.base import Provider
 from worker.providers.cloudlayer import CloudlayerProvider
 from worker.providers.layers import LayersProvider
 from worker.ratelimit import RateLimiter
 from worker.runner import Housekeeping, Runner, RunnerSettings
+from worker.sdnotify import Notifier
 from worker.sinks.base import Sink
 from worker.sinks.file import FileSink
 from worker.store import Store, open_store
@@ -37,6 +44,8 @@ class Worker:
     store: Store
     engine: Engine
     runner: Runner
+    metrics: Metrics
+    clock: Clock
 
 
 @asynccontextmanager
@@ -80,18 +89,30 @@ async def open_worker(
     """
     clock = clock or SystemClock()
     sleep = sleep or clock.sleep
-    store = await open_store(settings.store_url)
+    store = await open_store(settings.store_url, pool_size=settings.pg_pool_size)
     try:
         async with (
             contextlib.AsyncExitStack() as stack,
             new_session(settings.http, read_bufsize=settings.chunk_bytes) as session,
         ):
-            http = HttpClient(session, settings.http, sleep=sleep, wall_clock=clock.now, rand=rand)
+            metrics = Metrics()
+
+            def http(provider: str) -> HttpClient:
+                # One client per provider over the one session, so retries are counted per provider.
+                return HttpClient(
+                    session,
+                    settings.http,
+                    sleep=sleep,
+                    wall_clock=clock.now,
+                    rand=rand,
+                    on_retry=metrics.retry_observer(provider),
+                )
+
             providers: dict[str, Provider] = {
-                "cloudlayer": CloudlayerProvider(http, settings.cloudlayer, settings.poll),
+                "cloudlayer": CloudlayerProvider(http("cloudlayer"), settings.cloudlayer, settings.poll),
                 # One limiter for every Layers read of this process: the budget is per API key.
                 "layers": LayersProvider(
-                    http,
+                    http("layers"),
                     settings.layers,
                     limiter=RateLimiter(per_minute=settings.layers.reads_per_min),
                     wall_clock=clock.now,
@@ -101,7 +122,7 @@ async def open_worker(
             engine = Engine(
                 store=store,
                 providers=providers,
-                sink=sink,
+                sinks=SinkRouter(sink, settings.dest_url),
                 session=session,
                 settings=EngineSettings(
                     path_template=settings.path_template,
@@ -118,6 +139,7 @@ async def open_worker(
                 clock=clock,
                 sleep=sleep,
                 rand=rand,
+                metrics=metrics,
             )
             runner = Runner(
                 store=store,
@@ -133,10 +155,66 @@ async def open_worker(
                 clock=clock,
                 housekeeping=housekeeping,
             )
+            metrics.track_in_flight(runner.in_flight_by_phase)
             try:
-                yield Worker(settings, store, engine, runner)
+                yield Worker(settings, store, engine, runner, metrics, clock)
             finally:
                 # Releases and aborts interrupted by a second signal still need the store.
                 await finish_cleanups(timeout_s=5.0)
     finally:
         await store.close()
+
+
+def http_service(worker: Worker, *, draining: Callable[[], bool]) -> Service:
+    """What the HTTP handlers need of a worker."""
+    return Service(
+        store=worker.store,
+        clock=worker.clock,
+        metrics=worker.metrics,
+        dest_url=worker.settings.dest_url,
+        draining=draining,
+        wake=worker.runner.wake,
+        abandon=worker.runner.abandon,
+    )
+
+
+async def run_service(
+    worker: Worker,
+    *,
+    stop: asyncio.Event,
+    until_idle: bool = False,
+    binding: HttpBinding | None,
+    notifier: Notifier | None = None,
+) -> None:
+    """Run ``worker`` as a service until ``stop`` is set (or idle, with ``until_idle``).
+
+    Order: HTTP listening (unless ``binding`` is None), then ``READY=1`` and the watchdog pings;
+    on ``stop``, ``STOPPING=1`` and ``/readyz`` 503 while the runner drains (HTTP keeps serving:
+    ``/healthz`` stays 200, metrics stay scrapable); HTTP closes only after the runner is done.
+    """
+    notifier = notifier or Notifier(None)
+    async with contextlib.AsyncExitStack() as stack:
+        status = "working the queue, no HTTP"
+        if binding is not None:
+            service = http_service(worker, draining=stop.is_set)
+            host, port = await stack.enter_async_context(
+                serve(service, host=binding.host, port=binding.port, api_token=binding.api_token)
+            )
+            status = f"working the queue, HTTP on {host}:{port}"
+        notifier.notify("READY=1", f"STATUS={status}")
+        async with asyncio.TaskGroup() as group:
+            helpers = [group.create_task(_announce_stop(stop, notifier))]
+            if worker.settings.systemd.watchdog_s is not None:
+                # Half the period, as sd_watchdog_enabled(3) advises; from the loop on purpose.
+                interval = worker.settings.systemd.watchdog_s / 2
+                helpers.append(group.create_task(notifier.watchdog(interval, worker.clock.sleep)))
+            try:
+                await worker.runner.run(stop=stop, until_idle=until_idle)
+            finally:
+                for task in helpers:
+                    task.cancel()
+
+
+async def _announce_stop(stop: asyncio.Event, notifier: Notifier) -> None:
+    await stop.wait()
+    notifier.notify("STOPPING=1", "STATUS=draining")

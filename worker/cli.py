@@ -18,10 +18,11 @@ from typing import Any
 import structlog
 
 from worker import log as worker_log
-from worker.app import open_worker
-from worker.config import CloudlayerSettings, Settings, from_env
+from worker.app import open_worker, run_service
+from worker.config import CloudlayerSettings, Settings, from_env, http_binding
 from worker.errors import ConfigError, InvalidJob, WorkerError
 from worker.models import JobKey
+from worker.sdnotify import Notifier
 from worker.statusview import job_to_json, render_table
 from worker.store import open_store
 
@@ -53,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="work the queue until stopped (SIGTERM / Ctrl-C)")
     run.add_argument("--until-idle", action="store_true", help="exit 0 once no job is left unfinished")
     run.add_argument("--concurrency", type=int, help="transfers at once (ASSET_WORKER_CONCURRENCY)")
+    run.add_argument(
+        "--no-http", action="store_true", help="serve no HTTP (API, /healthz, /readyz, /metrics)"
+    )
 
     status = commands.add_parser("status", help="show jobs (all, or the keys given)")
     status.add_argument("keys", nargs="*", metavar="KEY")
@@ -106,7 +110,7 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         case "submit":
             return await _submit(settings, args.keys, force=args.force)
         case "run":
-            return await _run(settings, until_idle=args.until_idle)
+            return await _run(settings, until_idle=args.until_idle, http=not args.no_http)
         case "status":
             return await _status(settings, args.keys, as_json=args.json)
         case "simulate":
@@ -130,7 +134,7 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
 
 async def _submit(settings: Settings, raw_keys: Sequence[str], *, force: bool) -> int:
     keys = [JobKey.parse(k) for k in raw_keys]  # every key is checked before any is written
-    store = await open_store(settings.store_url)
+    store = await open_store(settings.store_url, pool_size=settings.pg_pool_size)
     try:
         now = time.time()
         for key in keys:
@@ -146,7 +150,7 @@ async def _submit(settings: Settings, raw_keys: Sequence[str], *, force: bool) -
 
 async def _status(settings: Settings, raw_keys: Sequence[str], *, as_json: bool) -> int:
     keys = [JobKey.parse(k) for k in raw_keys]
-    store = await open_store(settings.store_url)
+    store = await open_store(settings.store_url, pool_size=settings.pg_pool_size)
     try:
         jobs = await store.get(keys) if keys else await store.list_jobs()
     finally:
@@ -161,7 +165,19 @@ async def _status(settings: Settings, raw_keys: Sequence[str], *, as_json: bool)
     return EXIT_FAILURE if missing else EXIT_OK
 
 
-async def _run(settings: Settings, *, until_idle: bool) -> int:
+async def _run(settings: Settings, *, until_idle: bool, http: bool) -> int:
+    # Checked before anything opens: an API that would be open to the network is a usage error.
+    binding = http_binding(settings) if http else None
+    if binding is not None and binding.api_token is None and settings.listen is None:
+        # Not an error (the defaults must start), but say why the port is not reachable from outside.
+        structlog.get_logger("worker.cli").warning(
+            "http_loopback_only",
+            host=binding.host,
+            port=binding.port,
+            reason="ASSET_WORKER_API_TOKEN is not set; set it to serve on ASSET_WORKER_LISTEN",
+        )
+    if binding is not None and binding.api_token is not None and len(binding.api_token) < 16:
+        structlog.get_logger("worker.cli").warning("http_weak_api_token", length=len(binding.api_token))
     stop = asyncio.Event()
     main_task = asyncio.current_task()
     signals_seen = 0
@@ -188,7 +204,13 @@ async def _run(settings: Settings, *, until_idle: bool) -> int:
         loop.add_signal_handler(signum, on_signal, signum)
     try:
         async with open_worker(settings) as worker:
-            await worker.runner.run(stop=stop, until_idle=until_idle)
+            await run_service(
+                worker,
+                stop=stop,
+                until_idle=until_idle,
+                binding=binding,
+                notifier=Notifier(settings.systemd.notify_socket),
+            )
     except asyncio.CancelledError:
         if signals_seen >= 2:
             return EXIT_FAILURE

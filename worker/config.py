@@ -8,13 +8,15 @@ the environment (the CLI passes them as ``overrides``).
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import os
+import re
 import secrets
 import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -26,6 +28,9 @@ from worker.sinks.s3_settings import S3Settings, parse_s3_url
 
 PREFIX = "ASSET_WORKER_"
 DEFAULT_DEST = "file://./assets"
+# Where `run` serves HTTP when ASSET_WORKER_LISTEN is not set: every interface with an API token,
+# loopback without one (see http_binding).
+DEFAULT_LISTEN = ("0.0.0.0", 8080)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -72,6 +77,14 @@ class LayersSettings:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class SystemdSettings:
+    """What systemd passes a ``Type=notify`` service (sd_notify(3)); all None outside systemd."""
+
+    notify_socket: str | None = None  # NOTIFY_SOCKET: a path, or "@name" for an abstract socket
+    watchdog_s: float | None = None  # WATCHDOG_USEC in seconds, when the watchdog is meant for us
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Settings:
     store_url: str = "sqlite:///./asset-worker.db"
     dest_url: str = DEFAULT_DEST
@@ -88,9 +101,11 @@ class Settings:
     worker_id: str = field(default_factory=lambda: default_worker_id())
     # PostgreSQL connections per process (claims, heartbeats and receipts share them).
     pg_pool_size: int = 10
-    # The HTTP service (API, health, metrics): "host:port".
-    listen: str = "0.0.0.0:8080"
+    # The HTTP service (API, health, metrics): "host:port"; None when ASSET_WORKER_LISTEN is not
+    # set, which http_binding() resolves by whether a token is configured.
+    listen: str | None = None
     api_token: str | None = field(default=None, repr=False)
+    systemd: SystemdSettings = field(default_factory=SystemdSettings)
     poll: PollSettings = field(default_factory=PollSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
     cloudlayer: CloudlayerSettings = field(default_factory=CloudlayerSettings)
@@ -142,10 +157,19 @@ def _text(text: str) -> str:
     return value
 
 
+def _token(text: str) -> str:
+    # Sent in an Authorization header: anything but visible ASCII could never match.
+    value = _text(text)
+    if not all("!" <= c <= "~" for c in value):
+        raise ValueError("must be visible ASCII characters without spaces")
+    return value
+
+
 def _listen_address(text: str) -> tuple[str, int]:
-    """``host:port`` (``[v6]:port`` for IPv6) as a (host, port) pair."""
+    """``host:port`` (``[v6]:port`` for IPv6) as a (host, port) pair; port 0 picks a free port
+    (the worker logs the one it got in ``http_listening``)."""
     host, sep, port_text = text.strip().rpartition(":")
-    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) < 65536:
         raise ValueError("must be HOST:PORT, e.g. 0.0.0.0:8080 or 127.0.0.1:8080")
     return host.strip("[]"), int(port_text)
 
@@ -156,8 +180,48 @@ def _format_listen(address: tuple[str, int]) -> str:
 
 
 def listen_address(settings: Settings) -> tuple[str, int]:
-    """The validated (host, port) the HTTP service binds."""
-    return _listen_address(settings.listen)
+    """The validated (host, port) ASSET_WORKER_LISTEN names (0.0.0.0:8080 when it is not set)."""
+    return DEFAULT_LISTEN if settings.listen is None else _listen_address(settings.listen)
+
+
+@dataclass(frozen=True, slots=True)
+class HttpBinding:
+    """Where ``run`` serves HTTP, and the token its job API requires (None: no token, loopback only)."""
+
+    host: str
+    port: int
+    api_token: str | None = field(default=None, repr=False)
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything, so it is not trusted as loopback
+
+
+def http_binding(settings: Settings) -> HttpBinding:
+    """The HTTP service's address under the auth rule: the job API is never open by accident.
+
+    With ``ASSET_WORKER_API_TOKEN`` the service binds ``ASSET_WORKER_LISTEN`` (default
+    0.0.0.0:8080) and the job API requires the token. Without a token it binds loopback only:
+    127.0.0.1 on the default port when ASSET_WORKER_LISTEN is not set, the given address when it is
+    a loopback one; a non-loopback ASSET_WORKER_LISTEN without a token is a ``ConfigError``
+    (asking for the network and getting loopback instead would look like a broken port).
+    """
+    host, port = listen_address(settings)
+    if settings.api_token is not None:
+        return HttpBinding(host, port, settings.api_token)
+    if settings.listen is None:
+        return HttpBinding("127.0.0.1", port)
+    if not is_loopback(host):
+        raise ConfigError(
+            f"ASSET_WORKER_LISTEN={settings.listen} would open the job API to the network without a "
+            "token: set ASSET_WORKER_API_TOKEN, listen on loopback (127.0.0.1:PORT), or use run --no-http"
+        )
+    return HttpBinding(host, port)
 
 
 def _chunk(text: str) -> int:
@@ -183,7 +247,7 @@ _TOP: dict[str, tuple[str, Callable[[str], Any]]] = {
     "WORKER_ID": ("worker_id", _text),
     "PG_POOL_SIZE": ("pg_pool_size", _positive_int),
     "LISTEN": ("listen", lambda text: _format_listen(_listen_address(text))),
-    "API_TOKEN": ("api_token", _text),
+    "API_TOKEN": ("api_token", _token),
 }
 _POLL: dict[str, tuple[str, Callable[[str], Any]]] = {
     "POLL_INITIAL_S": ("initial_s", _positive_float),
@@ -278,9 +342,32 @@ def from_env(environ: Mapping[str, str] | None = None, **overrides: Any) -> Sett
     if dest_url.lower().startswith("s3://"):
         bucket, prefix = parse_s3_url(dest_url)
         s3 = S3Settings(bucket=bucket, prefix=prefix, **_section(env, _S3))
-    settings = Settings(**top, poll=poll, http=http, cloudlayer=cloudlayer, layers=layers, s3=s3)
+    settings = Settings(
+        **top,
+        poll=poll,
+        http=http,
+        cloudlayer=cloudlayer,
+        layers=layers,
+        s3=s3,
+        systemd=_systemd(env),
+    )
     _check(settings)
     return settings
+
+
+def _systemd(env: Mapping[str, str]) -> SystemdSettings:
+    """NOTIFY_SOCKET and the watchdog, as sd_notify(3) and sd_watchdog_enabled(3) read them."""
+    socket_name = env.get("NOTIFY_SOCKET") or None
+    usec_text = env.get("WATCHDOG_USEC")
+    if not usec_text:
+        return SystemdSettings(notify_socket=socket_name)
+    if not usec_text.isdigit() or int(usec_text) == 0:
+        raise ConfigError(f"WATCHDOG_USEC={usec_text!r}: must be a positive number of microseconds")
+    # A watchdog set up for another process (WATCHDOG_PID names it) is not ours to feed.
+    pid = env.get("WATCHDOG_PID")
+    if pid and pid != str(os.getpid()):
+        return SystemdSettings(notify_socket=socket_name)
+    return SystemdSettings(notify_socket=socket_name, watchdog_s=int(usec_text) / 1e6)
 
 
 def _section(env: Mapping[str, str], table: Mapping[str, tuple[str, Callable[[str], Any]]]) -> dict[str, Any]:
@@ -354,6 +441,75 @@ def dest_path(url: str) -> Path:
     if not raw:
         raise ConfigError(f"ASSET_WORKER_DEST={url!r}: no path given")
     return Path(raw).expanduser().absolute()
+
+
+# A per-job destination's own segments below the worker's destination: plain names, none hidden
+# (so none can be "..", S3's staging directory or a temp file's dot name).
+_DEST_SEGMENT = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}$")
+MAX_DEST_DEPTH = 8
+
+
+@dataclass(frozen=True, slots=True)
+class JobDest:
+    """A job's own destination: ``url`` as the store keeps it (``file:///abs/dir`` or
+    ``s3://bucket/prefix``), ``subpath`` where that is below the worker's destination ("" for itself)."""
+
+    url: str
+    subpath: str
+
+
+def parse_dest(text: str, *, base_url: str) -> JobDest:
+    """Validate a per-job destination against the worker's own (``ASSET_WORKER_DEST``).
+
+    The policy: a token holder may choose a directory or prefix *inside* the worker's destination,
+    nothing else. ``/srv/assets/tenant-a`` (or ``file:///srv/assets/tenant-a``) under a file
+    destination ``/srv/assets``, ``s3://bucket/prefix/tenant-a`` under ``s3://bucket/prefix``; the
+    extra segments are plain names (``[A-Za-z0-9._-]``, not starting with a dot, at most
+    ``MAX_DEST_DEPTH``). So the API can never write where the operator did not point the worker
+    (its store, its home, another bucket), and the S3 janitor, which watches the prefix, still
+    covers every upload. Raises ``ConfigError``.
+    """
+    raw = text.strip()
+    if raw.lower().startswith("s3://") != base_url.strip().lower().startswith("s3://"):
+        raise ConfigError(f"destination {text!r} is not inside the worker's destination {base_url}")
+    if base_url.strip().lower().startswith("s3://"):
+        bucket, prefix = parse_s3_url(raw)
+        base_bucket, base_prefix = parse_s3_url(base_url)
+        if bucket != base_bucket:
+            raise ConfigError(f"destination {text!r} is not inside the worker's destination {base_url}")
+        if base_prefix and prefix != base_prefix and not prefix.startswith(base_prefix + "/"):
+            raise ConfigError(f"destination {text!r} is not inside the worker's destination {base_url}")
+        subpath = prefix[len(base_prefix) :].strip("/")
+        _check_subpath(text, subpath)
+        return JobDest(f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}", subpath)
+    root = dest_path(base_url)
+    if "://" in raw:
+        parts = urlsplit(raw)
+        if parts.scheme.lower() != "file" or parts.netloc not in ("", "localhost"):
+            raise ConfigError(
+                f"destination {text!r}: use an absolute path, file:///PATH or s3://BUCKET/PREFIX"
+            )
+        if parts.query or parts.fragment:
+            raise ConfigError(f"destination {text!r}: a file URL has no query or fragment")
+        raw = unquote(parts.path)
+    if not raw.startswith("/") or "\x00" in raw:
+        raise ConfigError(f"destination {text!r}: must be an absolute path inside {root}")
+    try:
+        relative = PurePosixPath(raw).relative_to(PurePosixPath(root))
+    except ValueError:
+        raise ConfigError(f"destination {text!r} is not inside the worker's destination {root}") from None
+    subpath = "" if str(relative) == "." else str(relative)
+    _check_subpath(text, subpath)
+    return JobDest((root / subpath).as_uri() if subpath else root.as_uri(), subpath)
+
+
+def _check_subpath(text: str, subpath: str) -> None:
+    segments = subpath.split("/") if subpath else []
+    if len(segments) > MAX_DEST_DEPTH or not all(_DEST_SEGMENT.match(s) for s in segments):
+        raise ConfigError(
+            f"destination {text!r}: below the worker's destination, use at most {MAX_DEST_DEPTH} plain "
+            "names of letters, digits, '.', '_' and '-', none starting with a dot"
+        )
 
 
 def sqlite_path(url: str) -> Path:

@@ -21,6 +21,7 @@ import asyncio
 import functools
 import os
 import random
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
@@ -29,6 +30,7 @@ import aiohttp
 import structlog
 
 from worker.clock import Clock
+from worker.destinations import SinkRouter
 from worker.digest import normalise_sha256
 from worker.errors import (
     AssetSetChanged,
@@ -41,6 +43,7 @@ from worker.errors import (
     WorkerError,
 )
 from worker.lease import Lease, Sleep, deliberate_sleep
+from worker.metrics import Metrics
 from worker.models import (
     AssetRecord,
     AssetRef,
@@ -80,16 +83,18 @@ class Engine:
         *,
         store: Store,
         providers: Mapping[str, Provider],
-        sink: Sink,
+        sinks: SinkRouter,
         session: aiohttp.ClientSession,
         settings: EngineSettings,
         clock: Clock,
         sleep: Sleep | None = None,
         rand: Callable[[], float] = random.random,
+        metrics: Metrics | None = None,
     ) -> None:
         self._store = store
         self._providers = providers
-        self._sink = sink
+        self._sinks = sinks
+        self._metrics = metrics or Metrics()
         self._session = session
         self._settings = settings
         self._clock = clock
@@ -109,20 +114,25 @@ class Engine:
             message = f"still {last!r} upstream after {self._settings.poll_deadline_s:g} s of polling"
             await self._finish(job, owner, JobState.FAILED, JobError("poll_timeout", message))
             return False
+        polls = self._metrics.polls
         try:
             provider = self._provider(job)
             outcome = await provider.poll(job)
         except (UpstreamRejected, InvalidJob) as exc:
+            polls.labels(provider=job.key.provider, result="rejected").inc()
             await self._finish(job, owner, JobState.FAILED, JobError(exc.code, exc.message))
             return False
         except WorkerError as exc:
             if not exc.retryable:
                 raise
+            polls.labels(provider=job.key.provider, result="error").inc()
             # The request-level retries gave up; the poll schedule decides when to try again.
             await self._reschedule(job, owner, deadline_at, {"last_error": exc.code})
             log.warning("job_poll_failed", job=str(job.key), error=exc.code, message=exc.message)
             return False
         lease.touch()
+        result = {Pending: "pending", Ready: "ready", Failed: "failed"}[type(outcome)]
+        polls.labels(provider=job.key.provider, result=result).inc()
         match outcome:
             case Pending(status=status, provider_state=state):
                 await self._reschedule(job, owner, deadline_at, {**state, "last_status": status})
@@ -210,7 +220,7 @@ class Engine:
         else:
             await self._store.mark_ready(job.key, owner=owner, now=now, assets=new, provider_state=history)
 
-    async def _reuse(self, ref: AssetRef) -> Receipt | None:
+    async def _reuse(self, ref: AssetRef, sink: Sink) -> Receipt | None:
         """A stored copy with exactly the content the vendor published, if this worker holds one."""
         if ref.expected_sha256 is None or ref.expected_size is None:
             return None
@@ -218,9 +228,10 @@ class Engine:
         if sha256 is None:
             return None
         found = await self._store.find_stored(sha256=sha256, size=ref.expected_size)
-        # Only a copy at this worker's destination counts: after a change of ASSET_WORKER_DEST
-        # (another directory, bucket or prefix) the asset is published where it is now configured.
-        if found is None or not self._sink.owns(found.uri):
+        # Only a copy inside the job's destination counts: after a change of ASSET_WORKER_DEST
+        # (another directory, bucket or prefix), or for a job with its own destination, the asset
+        # is published where the job's files belong.
+        if found is None or not sink.owns(found.uri):
             return None
         if not await asyncio.to_thread(_copy_still_there, found):
             return None
@@ -239,7 +250,10 @@ class Engine:
     async def _store_asset(self, job: Job, record: AssetRecord, lease: Lease) -> JobError | None:
         owner = lease.token
         try:
-            receipt = await self._reuse(record.ref) or await self._fetch_with_retries(job, record.ref, lease)
+            sink = self._sinks.for_dest(job.dest)
+            receipt = await self._reuse(record.ref, sink) or await self._fetch_with_retries(
+                job, record.ref, lease, sink
+            )
         except (LeaseLost, StoreUnavailable, AssetSetChanged):
             raise  # not the asset's fault: the runner decides what happens to the job
         except WorkerError as exc:
@@ -254,6 +268,8 @@ class Engine:
             )
             return error
         await self._store.record_receipt(job.key, owner=owner, receipt=receipt)
+        self._metrics.stored_assets.labels(provider=job.key.provider).inc()
+        self._metrics.stored_bytes.labels(provider=job.key.provider).inc(receipt.size)
         log.info(
             "asset_stored",
             job=str(job.key),
@@ -265,7 +281,7 @@ class Engine:
         )
         return None
 
-    async def _fetch_with_retries(self, job: Job, ref: AssetRef, lease: Lease) -> Receipt:
+    async def _fetch_with_retries(self, job: Job, ref: AssetRef, lease: Lease, sink: Sink) -> Receipt:
         provider = self._provider(job)
         attempts = self._settings.max_attempts
         needs_refresh = False
@@ -280,10 +296,11 @@ class Engine:
                     ref = await provider.refresh(job, ref)
                     await self._store.update_asset(job.key, owner=lease.token, ref=ref)
                     needs_refresh = False
+                started = time.monotonic()
                 copy = await fetch_to_sink(
                     self._session,
                     ref,
-                    self._sink,
+                    sink,
                     key_for=functools.partial(self._key, job, ref),
                     options=self._settings.transfer,
                     on_progress=lambda _n: lease.touch(),
@@ -295,6 +312,7 @@ class Engine:
             except WorkerError as exc:
                 if not exc.retryable or attempt == attempts:
                     raise
+                self._metrics.retries.labels(provider=job.key.provider, reason=exc.code).inc()
                 log.info(
                     "asset_retry",
                     job=str(job.key),
@@ -309,6 +327,7 @@ class Engine:
                     continue
                 await self._pause(exc, attempt)
                 continue
+            self._metrics.transfer_duration.observe(time.monotonic() - started)
             return Receipt(
                 asset_id=ref.asset_id,
                 uri=copy.committed.uri,
@@ -353,6 +372,7 @@ class Engine:
         (finished,) = await self._store.get([job.key])
         now = self._clock.now()
         await self._store.finish(job.key, owner=owner, now=now, state=state, error=error)
+        self._metrics.job_outcomes.labels(provider=job.key.provider, outcome=state.value).inc()
         stored = [a.receipt for a in finished.assets if a.receipt is not None]
         log.info(
             "job_finished",

@@ -14,7 +14,7 @@ import asyncio
 import time
 from collections.abc import Iterable
 
-from worker.config import from_env
+from worker.config import from_env, parse_dest
 from worker.models import JobKey
 from worker.store import Store, SubmitResult, open_store
 
@@ -32,12 +32,15 @@ async def submit_async(
 
     ``store`` is a store URL (``sqlite:///...`` or ``postgresql://...``), an open ``Store``, or
     None for ``ASSET_WORKER_STORE`` from the environment. ``dest`` gives these jobs their own
-    destination instead of the worker's ``ASSET_WORKER_DEST``. ``force`` re-queues jobs that
-    already finished. Returns one result per key, in order. Raises ``InvalidJob`` for a malformed
-    key (nothing is written then), ``ConfigError`` for a bad store URL and ``StoreUnavailable``
-    when the store cannot be reached.
+    directory or prefix, which must lie inside the worker's ``ASSET_WORKER_DEST`` (read from this
+    environment, as the HTTP API checks it; the worker checks again when it runs the job).
+    ``force`` re-queues jobs that already finished. Returns one result per key, in order. Raises
+    ``InvalidJob`` for a malformed key and ``ConfigError`` for a bad destination or store URL
+    (nothing is written then), and ``StoreUnavailable`` when the store cannot be reached.
     """
     parsed = _parse(keys)
+    if dest is not None:
+        dest = parse_dest(dest, base_url=from_env().dest_url).url
     if store is not None and not isinstance(store, str):
         return await _submit_all(store, parsed, dest=dest, force=force)
     url = store if store is not None else from_env().store_url

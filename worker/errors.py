@@ -17,7 +17,8 @@
     │   ├── StorageUnavailable             disk full, I/O error, S3 throttling → retry
     │   └── StorageRejected                permission denied, no bucket → failed
     ├── StoreUnavailable                   the job store cannot be reached or is locked → retry
-    └── LeaseLost                          the job was taken over; the old owner stops
+    ├── LeaseLost                          the job was taken over; the old owner stops
+    └── ApiError (worker/http/errors.py)   a bad HTTP API request → a JSON error with a stable code
 
 Whether an error is worth retrying is a class attribute (``retryable``), never read from message
 text. Every error carries a stable snake_case ``code`` that ends up in the status JSON.

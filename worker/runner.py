@@ -7,6 +7,10 @@ Every task lives in one ``TaskGroup``.
 Shutdown has two phases. When ``stop`` is set the runner stops claiming and lets in-flight work
 finish for up to ``grace_s``; what is still running then is cancelled, which removes temp files
 and releases the leases so another worker (or the next start) resumes those jobs at once.
+
+A job canceled through the API loses its lease (the store drops it): the heartbeat's next renewal
+raises ``LeaseLost`` and the task is cancelled, which removes its temp file or aborts its upload.
+In the process that served the cancel, ``abandon`` does the same at once.
 """
 
 from __future__ import annotations
@@ -74,6 +78,30 @@ class Runner:
     @property
     def in_flight(self) -> int:
         return len(self._active)
+
+    def in_flight_by_phase(self) -> dict[Phase, int]:
+        counts = dict.fromkeys(Phase, 0)
+        for active in self._active.values():
+            counts[active.phase] += 1
+        return counts
+
+    def wake(self) -> None:
+        """Look for due work now instead of at the next claim interval (a job was just submitted)."""
+        self._wake.set()
+
+    def abandon(self, key: JobKey) -> bool:
+        """Stop working on ``key`` without touching its row (it was canceled: the lease is gone).
+
+        The task is cancelled like one whose lease was lost: its temp file is removed or its upload
+        aborted, and nothing is released. False when this process does not hold the job.
+        """
+        active = self._active.get(key)
+        if active is None or active.lost or active.task is None or active.task.done():
+            return False
+        log.info("job_abandoned", job=str(key))
+        active.lost = True
+        active.task.cancel()
+        return True
 
     async def run(self, *, stop: asyncio.Event, until_idle: bool = False) -> None:
         """Work until ``stop`` is set (or, with ``until_idle``, until no job is left unfinished)."""

@@ -58,33 +58,39 @@ _PHASE_STATES = {
     Phase.POLL: [JobState.QUEUED.value, JobState.POLLING.value],
     Phase.TRANSFER: [JobState.DOWNLOADING.value],
 }
+# Due jobs of the phase, earliest first, locked; rows another claim has locked are skipped.
+_DUE = """
+    WITH due AS (
+        SELECT key FROM asset_worker.jobs
+        WHERE state = ANY($1::text[]) AND due_at <= $2
+          AND (lease_expires_at IS NULL OR lease_expires_at <= $2)
+        ORDER BY due_at, submitted_at, key
+        LIMIT $3
+        FOR UPDATE SKIP LOCKED)"""
+
+
+def _claim(lease: str) -> str:
+    """The claim of the due rows: ``lease`` is the constant UPDATE applied to them."""
+    return _DUE + lease
+
+
 _CLAIM = {
-    Phase.POLL: """
-        WITH due AS (
-            SELECT key FROM asset_worker.jobs
-            WHERE state = ANY($1::text[]) AND due_at <= $2
-              AND (lease_expires_at IS NULL OR lease_expires_at <= $2)
-            ORDER BY due_at, submitted_at, key
-            LIMIT $3
-            FOR UPDATE SKIP LOCKED)
+    Phase.POLL: _claim(
+        """
         UPDATE asset_worker.jobs AS j
         SET lease_owner = $4, lease_expires_at = $5, updated_at = $2,
             state = CASE WHEN j.state = 'queued' THEN 'polling' ELSE j.state END,
             polling_since = COALESCE(j.polling_since, $2)
         FROM due WHERE j.key = due.key
-        RETURNING j.key""",
-    Phase.TRANSFER: """
-        WITH due AS (
-            SELECT key FROM asset_worker.jobs
-            WHERE state = ANY($1::text[]) AND due_at <= $2
-              AND (lease_expires_at IS NULL OR lease_expires_at <= $2)
-            ORDER BY due_at, submitted_at, key
-            LIMIT $3
-            FOR UPDATE SKIP LOCKED)
+        RETURNING j.key"""
+    ),
+    Phase.TRANSFER: _claim(
+        """
         UPDATE asset_worker.jobs AS j
         SET lease_owner = $4, lease_expires_at = $5, updated_at = $2, attempts = j.attempts + 1
         FROM due WHERE j.key = due.key
-        RETURNING j.key""",
+        RETURNING j.key"""
+    ),
 }
 _INSERT = """
     INSERT INTO asset_worker.jobs (key, provider, upstream_id, state, submitted_at, updated_at, due_at, dest)

@@ -1,0 +1,88 @@
+"""Driving ``asset-worker`` as users run it: a real process, its environment pointed at the
+simulator, its status JSON, its files."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from worker.simulator.app import Simulator
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+def cli_environment(tmp_path: Path, sim: Simulator) -> dict[str, str]:
+    """An environment pointing the CLI at the simulator, with a store and destination in tmp_path.
+
+    HTTP listens on a free loopback port (the default 8080 would collide between tests, and with
+    anything else on the machine); ``listening_port`` reads the one it got from the log.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ASSET_WORKER_", "CLOUDLAYER_"))}
+    for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
+        env.pop(name, None)  # a test run under systemd must not notify systemd
+    env.update(
+        ASSET_WORKER_STORE=f"sqlite:///{tmp_path / 'cli.db'}",
+        ASSET_WORKER_DEST=f"file://{tmp_path / 'assets'}",
+        ASSET_WORKER_POLL_INITIAL_S="0.05",
+        ASSET_WORKER_POLL_MAX_S="0.2",
+        ASSET_WORKER_CLAIM_INTERVAL_S="0.05",
+        ASSET_WORKER_RETRY_INITIAL_S="0.05",
+        ASSET_WORKER_RETRY_MAX_S="0.2",
+        ASSET_WORKER_LISTEN="127.0.0.1:0",
+        CLOUDLAYER_API_KEY=sim.api_key,
+        CLOUDLAYER_BASE_URL=sim.url,
+    )
+    return env
+
+
+async def start(env: Mapping[str, str], *args: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "worker.cli",
+        *args,
+        env=dict(env),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+async def cli(env: Mapping[str, str], *args: str, timeout_s: float = 60) -> Result:
+    """Run the CLI to completion while this event loop keeps serving the simulator."""
+    proc = await start(env, *args)
+    out, err = await asyncio.wait_for(proc.communicate(), timeout_s)
+    assert proc.returncode is not None
+    return Result(proc.returncode, out.decode(), err.decode())
+
+
+def files_under(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+
+async def wait_for_part_file(root: Path, min_bytes: int, timeout_s: float = 20) -> Path:
+    """Wait until a transfer is visibly under way: a temp file with at least ``min_bytes``."""
+    async with asyncio.timeout(timeout_s):
+        while True:
+            parts = [p for p in files_under(root) if p.name.endswith(".part")]
+            if parts and parts[0].stat().st_size >= min_bytes:
+                return parts[0]
+            await asyncio.sleep(0.005)
+
+
+async def status_json(env: Mapping[str, str], *keys: str) -> list[dict[str, Any]]:
+    result = await cli(env, "status", "--json", *keys)
+    assert result.code == 0, result.err
+    parsed: list[dict[str, Any]] = json.loads(result.out)
+    return parsed

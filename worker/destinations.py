@@ -1,0 +1,74 @@
+"""Which sink a job's files go to: the worker's destination, or a job's own place inside it.
+
+A per-job destination (``Job.dest``, set through the HTTP API) is always a directory or prefix
+inside the worker's ``ASSET_WORKER_DEST`` (``config.parse_dest`` enforces it at submit time, and
+again here, because the worker that runs the job may be configured differently from the one that
+accepted it). So every job is served by the one sink the worker opened, with its keys placed
+below the job's sub-path: the file sink's checks against symlinks leaving its root, and for S3 the
+one client, its settings and the janitor watching the prefix, all apply unchanged.
+"""
+
+from __future__ import annotations
+
+from worker.config import parse_dest
+from worker.errors import ConfigError, StorageRejected
+from worker.sinks.base import Sink, Upload
+
+
+class SubdirSink:
+    """A view of ``base`` that places every key below ``subpath``."""
+
+    def __init__(self, base: Sink, subpath: str) -> None:
+        self._base = base
+        self._subpath = subpath.strip("/")
+        # The URI of an object named "x" in the sub-path, without the "x": every URI of this view
+        # starts with it, whatever form (file://, s3://) the base sink gives its URIs.
+        self._root_uri = base.uri_for(f"{self._subpath}/x")[:-1]
+
+    def uri_for(self, key: str) -> str:
+        return self._base.uri_for(f"{self._subpath}/{key}")
+
+    def owns(self, uri: str) -> bool:
+        return uri.startswith(self._root_uri) and self._base.owns(uri)
+
+    async def open(
+        self,
+        key: str,
+        *,
+        content_type: str | None,
+        expected_size: int | None,
+        expected_sha256: str | None,
+    ) -> Upload:
+        return await self._base.open(
+            f"{self._subpath}/{key}",
+            content_type=content_type,
+            expected_size=expected_size,
+            expected_sha256=expected_sha256,
+        )
+
+    async def close(self) -> None:
+        return None  # the base sink belongs to whoever opened it
+
+
+class SinkRouter:
+    """The sink for each job's destination; views are made once per destination and kept."""
+
+    def __init__(self, default: Sink, dest_url: str) -> None:
+        self.default = default
+        self._dest_url = dest_url
+        self._views: dict[str, Sink] = {}
+
+    def for_dest(self, dest: str | None) -> Sink:
+        """The sink for ``Job.dest``; ``StorageRejected`` (``dest_not_allowed``) when that is not
+        inside this worker's destination (the job was submitted to a differently configured one)."""
+        if dest is None:
+            return self.default
+        sink = self._views.get(dest)
+        if sink is None:
+            try:
+                parsed = parse_dest(dest, base_url=self._dest_url)
+            except ConfigError as exc:
+                raise StorageRejected(exc.message, key=dest, code="dest_not_allowed") from exc
+            sink = SubdirSink(self.default, parsed.subpath) if parsed.subpath else self.default
+            self._views[dest] = sink
+        return sink

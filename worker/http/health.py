@@ -1,0 +1,61 @@
+"""Probes, metrics and the API document: none needs the token.
+
+- ``/healthz``: the process and its event loop are alive (answering at all proves the loop runs).
+  It stays 200 while draining, so a liveness probe never kills a drain.
+- ``/readyz``: the store answers a ping within ``ping_timeout_s`` and the worker is not draining;
+  otherwise 503 with the reason's code (``draining``, ``store_unavailable``).
+- ``/metrics``: Prometheus text; the queue gauges are read from the store first (bounded).
+- ``/openapi.json``: the OpenAPI 3 document shipped in this package.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from functools import cache
+from importlib import resources
+from typing import Any
+
+from aiohttp import web
+
+from worker.errors import StoreUnavailable
+from worker.http.errors import ApiError
+from worker.http.state import SERVICE
+from worker.metrics import CONTENT_TYPE
+
+
+async def healthz(_request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    if service.draining():
+        raise ApiError("draining", "the worker is draining: it claims no new work and will stop")
+    try:
+        async with asyncio.timeout(service.ping_timeout_s):
+            await service.store.ping()
+    except (StoreUnavailable, TimeoutError):
+        raise ApiError("store_unavailable", "the job store does not answer") from None
+    return web.json_response({"status": "ready"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    await service.metrics.refresh(service.store, now=service.clock.now(), timeout_s=service.stats_timeout_s)
+    response = web.Response(body=service.metrics.render())
+    # Set as a header: aiohttp's content_type argument refuses the parameters ("; version=...").
+    response.headers["Content-Type"] = CONTENT_TYPE
+    return response
+
+
+async def openapi(_request: web.Request) -> web.Response:
+    return web.json_response(openapi_document())
+
+
+@cache
+def openapi_document() -> dict[str, Any]:
+    """The API's OpenAPI 3 document (``worker/http/openapi.json``, package data)."""
+    text = resources.files("worker.http").joinpath("openapi.json").read_text(encoding="utf-8")
+    document: dict[str, Any] = json.loads(text)
+    return document

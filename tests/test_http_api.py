@@ -81,6 +81,7 @@ def _bad_bodies(assets: Path) -> list[tuple[str, Any, int, str]]:
     return [
         ("not json", b"{jobs: [", 400, "invalid_json"),
         ("not utf-8", b'{"jobs": "\xff"}', 400, "invalid_json"),
+        ("nested too deep to parse", b"[" * 100_000, 400, "invalid_json"),
         ("array body", [ok], 400, "invalid_request"),
         ("no jobs", {}, 400, "invalid_request"),
         ("empty jobs", {"jobs": []}, 400, "invalid_request"),

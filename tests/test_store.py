@@ -530,6 +530,20 @@ async def test_queue_stats_counts_states_and_the_unleased_backlog(store: Store) 
     assert (final.due, final.by_state[JobState.DONE]) == (0, 3)
 
 
+async def test_nul_characters_from_upstream_are_stored_as_replacement_characters(store: Store) -> None:
+    """PostgreSQL cannot hold U+0000 in text or jsonb; both backends store U+FFFD instead, so an
+    odd upstream answer never makes a write fail."""
+    await store.submit(A, now=1.0)
+    await store.claim(owner="w1", phase=Phase.POLL, now=1.0, lease_s=30, limit=1)
+    state = {"last_status": "pend\x00ing", "nested": ["a\x00b"]}
+    await store.reschedule(A, owner="w1", now=2.0, due_at=3.0, polls=1, provider_state=state)
+    await store.claim(owner="w1", phase=Phase.POLL, now=3.0, lease_s=30, limit=1)
+    await store.finish(A, owner="w1", now=4.0, state=JobState.FAILED, error=JobError("x\x00", "m\x00m"))
+    (job,) = await store.get([A])
+    assert job.provider_state == {"last_status": "pend\ufffding", "nested": ["a\ufffdb"]}
+    assert job.error == JobError("x\ufffd", "m\ufffdm")
+
+
 async def test_ping_answers_while_the_store_is_open(store: Store) -> None:
     await store.ping()
 

@@ -222,3 +222,72 @@ async def test_opening_a_store_on_a_stopped_server_says_so(own_server: PgServer)
     own_server.stop()
     with pytest.raises(StoreUnavailable, match="cannot reach"):
         await open_store(url)
+
+
+async def _as_postgres(url: str, *statements: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        for statement in statements:
+            await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+async def test_a_least_privilege_role_works_once_the_schema_exists(pg_url: str) -> None:
+    """A role that may only read and write the tables starts on a migrated schema (nothing to
+    create), and on an empty database is told what to grant instead of failing with a traceback."""
+    role = "aw_limited"
+    await _as_postgres(pg_url, f"DROP ROLE IF EXISTS {role}", f"CREATE ROLE {role} LOGIN")
+    limited_url = pg_url.replace("postgres@", f"{role}@", 1)
+    with pytest.raises(ConfigError, match="grant it CREATE"):
+        await open_store(limited_url)
+    await (await open_store(pg_url)).close()  # migrated by a role that may
+    await _as_postgres(
+        pg_url,
+        f"GRANT USAGE ON SCHEMA asset_worker TO {role}",
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA asset_worker TO {role}",
+    )
+    store = await open_store(limited_url)
+    try:
+        await store.submit(A, now=1.0)
+        assert [
+            j.key for j in await store.claim(owner="w", phase=Phase.POLL, now=2.0, lease_s=5, limit=1)
+        ] == [A]
+    finally:
+        await store.close()
+
+
+async def test_server_errors_that_are_not_about_the_statement_are_store_unavailable(pg_url: str) -> None:
+    """Too many connections (class 53) is the database's state, not a bug: StoreUnavailable, which
+    the worker backs off from, never an exception that would stop it."""
+    role = "aw_one_connection"
+    await (await open_store(pg_url)).close()
+    await _as_postgres(
+        pg_url,
+        f"DROP ROLE IF EXISTS {role}",
+        f"CREATE ROLE {role} LOGIN CONNECTION LIMIT 1",  # superusers would be exempt from the limit
+        f"GRANT USAGE ON SCHEMA asset_worker TO {role}",
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA asset_worker TO {role}",
+    )
+    store = await PostgresStore.open(pg_url.replace("postgres@", f"{role}@", 1), retry_window_s=0.3)
+    try:
+        holder = asyncio.Event()
+        release = asyncio.Event()
+
+        async def hold(conn: object) -> None:
+            holder.set()
+            await release.wait()
+
+        # The pool's one allowed connection is busy inside a transaction; a second call needs a
+        # second connection, which the server refuses.
+        busy = asyncio.create_task(store._transaction(hold))
+        try:
+            await holder.wait()
+            with pytest.raises(StoreUnavailable, match="TooManyConnections"):
+                await store.get([A])
+        finally:
+            release.set()
+            await busy
+        assert await store.get([A]) == []
+    finally:
+        await store.close()

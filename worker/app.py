@@ -17,7 +17,7 @@ from worker.clock import Clock, SystemClock
 from worker.config import HttpBinding, Settings, dest_path
 from worker.destinations import SinkRouter
 from worker.engine import Engine, EngineSettings
-from worker.errors import WorkerError
+from worker.errors import StoreUnavailable, WorkerError
 from worker.http.server import serve
 from worker.http.state import Service
 from worker.httpclient import HttpClient, new_session
@@ -74,6 +74,28 @@ async def _open_sink(settings: Settings) -> AsyncIterator[tuple[Sink, Housekeepi
         yield s3_sink, (janitor, settings.s3.janitor_age_s / 4)
 
 
+async def open_store_when_reachable(settings: Settings, *, stop: asyncio.Event) -> Store | None:
+    """Open the store, waiting out a database that cannot be reached yet (it is restarting, failing
+    over, or starting along with us), with backoff up to 30 s; None if ``stop`` is set first.
+
+    A long-lived worker must not crash-loop because it started a moment before its database.
+    Configuration errors (bad URL, wrong password, unknown database) are raised at once.
+    """
+    backoff = Backoff(initial_s=0.5, max_s=30.0, jitter=0.2)
+    attempt = 0
+    while not stop.is_set():
+        try:
+            return await open_store(settings.store_url, pool_size=settings.pg_pool_size)
+        except StoreUnavailable as exc:
+            delay = backoff.delay(attempt, random.random)
+            attempt += 1
+            log.warning("store_unavailable", error=exc.message, retry_in_s=round(delay, 2))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await stop.wait()
+    return None
+
+
 @asynccontextmanager
 async def open_worker(
     settings: Settings,
@@ -81,15 +103,18 @@ async def open_worker(
     clock: Clock | None = None,
     sleep: Sleep | None = None,
     rand: Callable[[], float] = random.random,
+    store: Store | None = None,
 ) -> AsyncIterator[Worker]:
     """A ready-to-run worker; everything it opened is closed on exit.
 
     ``sleep`` is what retries wait with (request retries, asset retries); tests pass one that
-    records the delays. Schedules and leases use ``clock``.
+    records the delays. Schedules and leases use ``clock``. ``store``, if given, is an open store
+    the worker takes over (and closes).
     """
     clock = clock or SystemClock()
     sleep = sleep or clock.sleep
-    store = await open_store(settings.store_url, pool_size=settings.pg_pool_size)
+    if store is None:
+        store = await open_store(settings.store_url, pool_size=settings.pg_pool_size)
     try:
         async with (
             contextlib.AsyncExitStack() as stack,

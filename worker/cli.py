@@ -18,7 +18,7 @@ from typing import Any
 import structlog
 
 from worker import log as worker_log
-from worker.app import open_worker, run_service
+from worker.app import open_store_when_reachable, open_worker, run_service
 from worker.config import CloudlayerSettings, Settings, from_env, http_binding
 from worker.errors import ConfigError, InvalidJob, WorkerError
 from worker.models import JobKey
@@ -203,7 +203,10 @@ async def _run(settings: Settings, *, until_idle: bool, http: bool) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
     try:
-        async with open_worker(settings) as worker:
+        store = await open_store_when_reachable(settings, stop=stop)
+        if store is None:
+            return EXIT_OK  # stopped before the store could be reached: nothing was claimed
+        async with open_worker(settings, store=store) as worker:
             await run_service(
                 worker,
                 stop=stop,

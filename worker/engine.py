@@ -286,6 +286,11 @@ class Engine:
         attempts = self._settings.max_attempts
         needs_refresh = False
         for attempt in range(1, attempts + 1):
+            if attempt > 1:
+                # A retry may come long after the claim (a stalled socket, a backoff): check the
+                # job is still ours before opening the destination, whose clean-up of orphaned temp
+                # files would otherwise delete the live temp file of a worker that took it over.
+                await lease.confirm()
             if (
                 ref.expires_at is not None
                 and self._clock.now() > ref.expires_at - self._settings.expiry_margin_s

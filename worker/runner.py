@@ -119,17 +119,28 @@ class Runner:
         log.info("runner_stopped", worker_id=self._settings.owner)
 
     async def _claim_loop(self, group: asyncio.TaskGroup, stop: asyncio.Event, until_idle: bool) -> None:
+        store_was_down = False
         while not stop.is_set():
             self._wake.clear()
             try:
+                if store_was_down:
+                    # Our leases may have run low during the outage: renew what is still working
+                    # before claiming, or this very loop would take its own jobs back.
+                    await self._renew_alive()
                 claimed = await self._claim(group, Phase.TRANSFER, self._settings.concurrency)
                 claimed += await self._claim(group, Phase.POLL, self._settings.poll_concurrency)
                 count, next_due = await self._store.unfinished()
-            except StoreUnavailable as exc:
-                # Keep running: the store may come back (a locked file, a restarted database).
-                log.warning("store_unavailable", error=exc.message)
+            except Exception as exc:
+                # Keep running whatever the store says: it may come back (a locked file, a restarted
+                # or failed-over database), and a crash here would take every in-flight job with it.
+                if isinstance(exc, StoreUnavailable):
+                    log.warning("store_unavailable", error=exc.message)
+                else:
+                    log.exception("claim_failed", error=describe(exc))
+                store_was_down = True
                 await _wait_any([stop.wait()], timeout_s=self._settings.claim_interval_s)
                 continue
+            store_was_down = False
             if until_idle and count == 0 and not self._active:
                 log.info("runner_idle")
                 return
@@ -196,7 +207,7 @@ class Runner:
         except Exception as exc:
             # A bug or an unexpected library error: record it, back off, never crash the runner.
             log.exception("job_crashed", job=str(job.key), error=describe(exc))
-            with contextlib.suppress(WorkerError):
+            with contextlib.suppress(Exception):
                 await self._store.retry_later(
                     job.key,
                     owner=lease.token,
@@ -213,27 +224,41 @@ class Runner:
         """Renew the leases of jobs that are alive: progress within the last lease period, or a
         deliberate wait. A job stuck for a whole lease period is not renewed: its lease runs out
         and another worker may take it over."""
-        interval = self._settings.lease_s / 3
         while True:
-            await self._clock.sleep(interval)
-            now = self._clock.now()
-            for key, active in list(self._active.items()):
-                if active.task is None or active.task.done():
-                    continue
-                if not active.lease.progress.alive(now, self._settings.lease_s):
-                    continue
-                try:
-                    await self._store.renew(
-                        key, owner=active.lease.token, now=now, lease_s=self._settings.lease_s
-                    )
-                except LeaseLost:
-                    if active.task.done():
-                        continue  # it finished (and dropped its lease) while we were renewing
-                    log.warning("lease_lost", job=str(key))
-                    active.lost = True
-                    active.task.cancel()
-                except StoreUnavailable as exc:
-                    log.warning("store_unavailable", error=exc.message)
+            await self._clock.sleep(self._settings.lease_s / 3)
+            await self._renew_alive()
+
+    async def _renew_alive(self) -> None:
+        """Renew every live job's lease, all at once: one slow renewal (a store retrying through an
+        outage) must not leave the others to expire."""
+        now = self._clock.now()
+        alive = [
+            (key, active)
+            for key, active in list(self._active.items())
+            if active.task is not None
+            and not active.task.done()
+            and active.lease.progress.alive(now, self._settings.lease_s)
+        ]
+        await asyncio.gather(*(self._renew(key, active) for key, active in alive))
+
+    async def _renew(self, key: JobKey, active: _Active) -> None:
+        task = active.task
+        try:
+            # The clock is read per renewal: a renewal that waited out an outage must not write an
+            # expiry that already passed.
+            await self._store.renew(
+                key, owner=active.lease.token, now=self._clock.now(), lease_s=self._settings.lease_s
+            )
+        except LeaseLost:
+            if task is None or task.done():
+                return  # it finished (and dropped its lease) while we were renewing
+            log.warning("lease_lost", job=str(key))
+            active.lost = True
+            task.cancel()
+        except StoreUnavailable as exc:
+            log.warning("store_unavailable", job=str(key), error=exc.message)
+        except Exception as exc:
+            log.exception("lease_renewal_failed", job=str(key), error=describe(exc))
 
     async def _housekeep(self, chore: Callable[[], Awaitable[None]], interval_s: float) -> None:
         """Run a destination's clean-up every ``interval_s`` (its first run happens when the

@@ -178,7 +178,7 @@ async def _read_json(request: web.Request) -> Any:
     raw = await request.read()
     try:
         return json.loads(raw)
-    except ValueError:  # JSONDecodeError, UnicodeDecodeError
+    except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError; "[[[[..." nesting
         raise ApiError("invalid_json", "the body is not valid JSON") from None
 
 

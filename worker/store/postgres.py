@@ -38,7 +38,14 @@ from worker.errors import ConfigError, LeaseLost, StoreUnavailable
 from worker.models import AssetRecord, AssetRef, Job, JobError, JobKey, JobState, Receipt
 from worker.store import postgres_schema
 from worker.store.base import Cursor, Phase, QueueStats, SubmitResult
-from worker.store.rows import asset_from_row, error_columns, job_from_row, opt_float, ref_columns
+from worker.store.rows import (
+    asset_from_row,
+    error_columns,
+    job_from_row,
+    opt_float,
+    ref_columns,
+    without_nul,
+)
 
 log = structlog.get_logger("worker.store")
 
@@ -54,6 +61,8 @@ COMMAND_TIMEOUT_S = 30.0
 DEFAULT_RETRY_WINDOW_S = 15.0
 
 _FINAL_STATES = [s.value for s in JobState if s.is_final]
+# Positive lists use the (state, due_at) index; NOT (state = ANY(final)) would scan every finished job.
+_UNFINISHED_STATES = [s.value for s in JobState if not s.is_final]
 _PHASE_STATES = {
     Phase.POLL: [JobState.QUEUED.value, JobState.POLLING.value],
     Phase.TRANSFER: [JobState.DOWNLOADING.value],
@@ -254,7 +263,7 @@ class PostgresStore:
             due_at,
             now,
             polls,
-            json.dumps(provider_state),
+            _json(provider_state),
         )
 
     async def restart_polling(
@@ -268,7 +277,7 @@ class PostgresStore:
                 """state = 'polling', due_at = $3, updated_at = $3, polling_since = $3,
                    provider_state = $4::jsonb, lease_owner = NULL, lease_expires_at = NULL""",
                 now,
-                json.dumps(provider_state),
+                _json(provider_state),
             )
             await conn.execute("DELETE FROM asset_worker.assets WHERE job_key = $1", str(key))
 
@@ -296,7 +305,7 @@ class PostgresStore:
                 """state = 'downloading', due_at = $3, updated_at = $3, provider_state = $4::jsonb,
                    polls = polls + 1, lease_owner = NULL, lease_expires_at = NULL""",
                 now,
-                json.dumps(provider_state),
+                _json(provider_state),
             )
             # Stored copies of assets still in the set are proven whole: keep them, re-fetch nothing.
             await conn.execute(
@@ -397,7 +406,8 @@ class PostgresStore:
                    ORDER BY stored_at LIMIT 1""",
                 sha256,
                 size,
-            )
+            ),
+            read_only=True,
         )
         return None if row is None else asset_from_row(row).receipt
 
@@ -421,7 +431,7 @@ class PostgresStore:
 
     async def get(self, keys: Sequence[JobKey]) -> list[Job]:
         wanted = [str(k) for k in keys]
-        jobs = await self._transaction(lambda conn: _load(conn, wanted))
+        jobs = await self._transaction(lambda conn: _load(conn, wanted), read_only=True)
         found = {str(job.key): job for job in jobs}
         return [found[k] for k in wanted if k in found]
 
@@ -448,14 +458,14 @@ class PostgresStore:
             )
             return await _load(conn, [str(row["key"]) for row in rows])
 
-        return await self._transaction(body)
+        return await self._transaction(body, read_only=True)
 
     async def unfinished(self) -> tuple[int, float | None]:
         row = await self._transaction(
             lambda conn: conn.fetchrow(
                 """SELECT count(*) AS n, min(GREATEST(due_at, COALESCE(lease_expires_at, due_at))) AS next
-                   FROM asset_worker.jobs WHERE NOT (state = ANY($1::text[]))""",
-                _FINAL_STATES,
+                   FROM asset_worker.jobs WHERE state = ANY($1::text[])""",
+                _UNFINISHED_STATES,
             )
         )
         return int(_one(row)["n"]), opt_float(_one(row)["next"])
@@ -465,9 +475,9 @@ class PostgresStore:
             counts = await conn.fetch("SELECT state, count(*) AS n FROM asset_worker.jobs GROUP BY state")
             backlog = await conn.fetchrow(
                 """SELECT count(*) AS n, min(due_at) AS oldest FROM asset_worker.jobs
-                   WHERE NOT (state = ANY($1::text[])) AND due_at <= $2
+                   WHERE state = ANY($1::text[]) AND due_at <= $2
                      AND (lease_expires_at IS NULL OR lease_expires_at <= $2)""",
-                _FINAL_STATES,
+                _UNFINISHED_STATES,
                 now,
             )
             by_state = dict.fromkeys(JobState, 0)
@@ -479,18 +489,23 @@ class PostgresStore:
                 oldest_due_at=opt_float(_one(backlog)["oldest"]),
             )
 
-        return await self._transaction(body)
+        return await self._transaction(body, read_only=True)
 
     # -- plumbing ---------------------------------------------------------------------------
 
     async def _update_leased(self, key: JobKey, owner: str, assignments: str, *params: Any) -> None:
         await self._transaction(lambda conn: _update_leased(conn, key, owner, assignments, *params))
 
-    async def _transaction(self, body: Callable[[Conn], Awaitable[T]], *, retry: bool = True) -> T:
+    async def _transaction(
+        self, body: Callable[[Conn], Awaitable[T]], *, retry: bool = True, read_only: bool = False
+    ) -> T:
         """Run ``body`` in one transaction on a pooled connection.
 
         Connection trouble before COMMIT is retried with backoff (see the module docstring);
-        past ``retry_window_s``, or during COMMIT, it becomes ``StoreUnavailable``.
+        past ``retry_window_s``, or during COMMIT, it becomes ``StoreUnavailable``, as does any
+        other error the server reports (a full disk, a revoked privilege, a read-only standby
+        after a failover): the worker must back off and carry on, never crash, whatever the
+        database says. ``read_only`` reads see one snapshot (a job and its assets from one commit).
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (self._retry_window_s if retry else 0.0)
@@ -499,7 +514,11 @@ class PostgresStore:
             committing = False
             try:
                 async with self._pool.acquire() as conn:
-                    tx = conn.transaction()
+                    tx = (
+                        conn.transaction(isolation="repeatable_read", readonly=True)
+                        if read_only
+                        else conn.transaction()
+                    )
                     await tx.start()
                     try:
                         result = await body(conn)
@@ -509,26 +528,39 @@ class PostgresStore:
                     committing = True
                     await tx.commit()
                     return result
-            except _UNAVAILABLE as exc:
-                reason = f"PostgreSQL store: {type(exc).__name__}: {exc}"
+            except _TRANSIENT as exc:
+                reason = f"PostgreSQL store: {_describe(exc)}"
                 if committing or loop.time() + delay > deadline:
                     raise StoreUnavailable(reason) from exc
                 log.warning("store_retrying", error=reason, retry_in_s=round(delay, 2))
+            except asyncpg.PostgresError as exc:
+                raise StoreUnavailable(f"PostgreSQL store: {_describe(exc)}") from exc
             await self._sleep(delay)
             delay = min(delay * 2, 2.0) * (0.5 + random.random() / 2)
 
     async def _migrate(self) -> None:
-        """Bring the schema to the newest version, once, even if several replicas start together."""
+        """Bring the schema to the newest version, once, even if several replicas start together.
+
+        A schema already current is only read: a role with no right to create anything (a
+        least-privilege worker, a program that only submits) starts as long as someone migrated.
+        """
+        migrations = postgres_schema.MIGRATIONS  # read at call time, so a test can add one
+
+        async def current(conn: Conn) -> int:
+            if await conn.fetchval("SELECT to_regclass('asset_worker.schema_version')") is None:
+                return 0
+            return int(await conn.fetchval("SELECT max(version) FROM asset_worker.schema_version") or 0)
 
         async def body(conn: Conn) -> None:
+            version = await current(conn)
+            if version == len(migrations):
+                return
             await conn.execute("SELECT pg_advisory_xact_lock($1)", postgres_schema.MIGRATION_LOCK_ID)
             await conn.execute("CREATE SCHEMA IF NOT EXISTS asset_worker")
             await conn.execute(
                 "CREATE TABLE IF NOT EXISTS asset_worker.schema_version (version integer NOT NULL)"
             )
-            version = int(await conn.fetchval("SELECT max(version) FROM asset_worker.schema_version") or 0)
-            # Read at call time, not import time, so a test can add a migration.
-            migrations = postgres_schema.MIGRATIONS
+            version = await current(conn)  # another replica may have migrated while we waited
             if version > len(migrations):
                 raise ConfigError(
                     f"the store has schema version {version}, newer than this asset-worker knows "
@@ -540,27 +572,48 @@ class PostgresStore:
                 await conn.execute("INSERT INTO asset_worker.schema_version (version) VALUES ($1)", number)
                 log.info("store_migrated", backend="postgresql", version=number)
 
-        await self._transaction(body)
+        try:
+            await self._transaction(body)
+        except StoreUnavailable as exc:
+            if isinstance(exc.__cause__, asyncpg.InsufficientPrivilegeError):
+                raise ConfigError(
+                    "the PostgreSQL role cannot create or migrate the asset_worker schema "
+                    f"({exc.__cause__}); grant it CREATE on the database once, or migrate with a "
+                    "role that has it"
+                ) from exc
+            raise
 
-
-# Errors that mean "the database is not reachable right now", not "this statement is wrong":
-# connection failures (SQLSTATE class 08), shutdowns and restarts (class 57: admin shutdown,
-# crash shutdown, cannot connect now), serialization failures and deadlocks (class 40), a pool
-# or connection that went away, and timeouts.
-_UNAVAILABLE: tuple[type[BaseException], ...] = (
+# Errors that mean "the database cannot serve us right now", retried before COMMIT: connection
+# failures (SQLSTATE class 08), shutdowns and restarts (class 57: admin shutdown, crash shutdown,
+# cannot connect now), serialization failures and deadlocks (class 40), exhausted resources (class
+# 53: too many connections, disk full), a read-only server (25006, a standby after a failover), a
+# connection that went away, and timeouts.
+_TRANSIENT: tuple[type[BaseException], ...] = (
     OSError,
     TimeoutError,
     asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
+    asyncpg.ConnectionDoesNotExistError,
     asyncpg.OperatorInterventionError,
     asyncpg.TransactionRollbackError,
+    asyncpg.InsufficientResourcesError,
+    asyncpg.ReadOnlySQLTransactionError,
 )
+
+
+def _describe(exc: BaseException) -> str:
+    code = getattr(exc, "sqlstate", None)
+    return f"{type(exc).__name__}{f' [{code}]' if code else ''}: {exc}"
 
 
 async def _rollback_quietly(tx: asyncpg.transaction.Transaction) -> None:
     # On a dead connection the rollback fails too; the server has rolled back already.
-    with contextlib.suppress(*_UNAVAILABLE):
+    with contextlib.suppress(*_TRANSIENT, asyncpg.InterfaceError):
         await tx.rollback()
+
+
+def _json(state: dict[str, Any]) -> str:
+    """Provider state as jsonb text; jsonb cannot hold U+0000, so NULs become U+FFFD (as in SQLite)."""
+    return json.dumps(without_nul(state))
 
 
 def _one(row: asyncpg.Record | None) -> asyncpg.Record:

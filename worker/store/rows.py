@@ -81,8 +81,20 @@ def ref_columns(ref: AssetRef) -> tuple[object, ...]:
 
 
 def error_columns(error: JobError | None) -> tuple[str | None, str | None]:
-    """``(error_code, error_message)``, both NULL for no error."""
-    return (None, None) if error is None else (error.code, error.message)
+    """``(error_code, error_message)``, both NULL for no error; a NUL in upstream text (which
+    PostgreSQL cannot store) becomes U+FFFD on every backend alike."""
+    return (None, None) if error is None else (without_nul(error.code), without_nul(error.message))
+
+
+def without_nul(value: Any) -> Any:
+    """``value`` (str, or JSON-like lists and dicts of them) with every NUL replaced by U+FFFD."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {without_nul(k): without_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [without_nul(v) for v in value]
+    return value
 
 
 def _error(code: str | None, message: str | None) -> JobError | None:

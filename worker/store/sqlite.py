@@ -24,7 +24,14 @@ from worker.errors import ConfigError, LeaseLost, StoreUnavailable
 from worker.models import AssetRecord, AssetRef, Job, JobError, JobKey, JobState, Receipt
 from worker.store import sqlite_schema
 from worker.store.base import Cursor, Phase, QueueStats, SubmitResult
-from worker.store.rows import asset_from_row, error_columns, job_from_row, opt_float, ref_columns
+from worker.store.rows import (
+    asset_from_row,
+    error_columns,
+    job_from_row,
+    opt_float,
+    ref_columns,
+    without_nul,
+)
 
 BUSY_TIMEOUT_S = 10.0
 
@@ -188,7 +195,7 @@ class SqliteStore:
                 """UPDATE jobs SET state = 'polling', due_at = ?, updated_at = ?, polls = ?,
                        provider_state = ?,
                        lease_owner = NULL, lease_expires_at = NULL""",
-                (due_at, now, polls, json.dumps(provider_state)),
+                (due_at, now, polls, json.dumps(without_nul(provider_state))),
             )
 
     async def restart_polling(
@@ -201,7 +208,7 @@ class SqliteStore:
                 owner,
                 """UPDATE jobs SET state = 'polling', due_at = ?, updated_at = ?, polling_since = ?,
                        provider_state = ?, lease_owner = NULL, lease_expires_at = NULL""",
-                (now, now, now, json.dumps(provider_state)),
+                (now, now, now, json.dumps(without_nul(provider_state))),
             )
             await _run(db, "DELETE FROM assets WHERE job_key = ?", (str(key),))
 
@@ -225,7 +232,7 @@ class SqliteStore:
                 owner,
                 """UPDATE jobs SET state = 'downloading', due_at = ?, updated_at = ?, provider_state = ?,
                        polls = polls + 1, lease_owner = NULL, lease_expires_at = NULL""",
-                (now, now, json.dumps(provider_state)),
+                (now, now, json.dumps(without_nul(provider_state))),
             )
             # Stored copies of assets still in the set are proven whole: keep them, re-fetch nothing.
             await _run(

@@ -402,3 +402,32 @@ async def _until_logged(replica: Replica, event: str, fleet: Fleet) -> None:
             if any(e.get("event") == event for e in logged_events(replica.log_path)):
                 return
             await asyncio.sleep(0.05)
+
+
+async def test_a_second_signal_stops_at_once_even_with_the_database_away(
+    sim: Simulator, fleet_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Forced stop mid-download while PostgreSQL is down: the lease release cannot reach the store,
+    so it is abandoned after a short bound (the lease expires instead) rather than waiting out the
+    store's retries; the temp file is removed and no file appears under a final name."""
+    with private_cluster() as server:
+        url = server.url()
+        job = sim.add_cloudlayer_job(id="forced", pending_s=0.1, size=1024 * MiB)
+        await worker.submit_async(f"cloudlayer:{job.id}", store=url)
+        env = dict(fleet_env, ASSET_WORKER_STORE=url, ASSET_WORKER_GRACE_S="20")
+        dest = tmp_path / "assets"
+        async with fleet_of(env, tmp_path, 1) as fleet:
+            (replica,) = fleet.replicas
+            async with asyncio.timeout(60):
+                await _replica_writing_a_large_file(fleet, dest, exclude=[])
+            await asyncio.to_thread(server.stop)
+            replica.proc.send_signal(signal.SIGTERM)
+            await _until_logged(replica, "runner_draining", fleet)
+            replica.proc.send_signal(signal.SIGTERM)
+            # The store's retry window alone is 15 s; the release bound is 3 s.
+            async with asyncio.timeout(10):
+                code = await replica.proc.wait()
+        events = {e.get("event") for e in logged_events(replica.log_path)}
+    assert code == 1  # forced
+    assert "job_release_failed" in events
+    assert [p for p in dest.rglob("*") if p.is_file()] == []

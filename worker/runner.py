@@ -33,6 +33,9 @@ from worker.store.base import Phase, Store
 
 log = structlog.get_logger("worker.runner")
 
+# How long a cancelled job's lease release may take before it is left to expire instead.
+RELEASE_TIMEOUT_S = 3.0
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RunnerSettings:
@@ -193,11 +196,14 @@ class Runner:
                 await self._engine.transfer(job, lease)
         except asyncio.CancelledError:
             if not active.lost:
+                release = self._store.release(job.key, owner=lease.token, now=self._clock.now())
                 try:
-                    await shielded(self._store.release(job.key, owner=lease.token, now=self._clock.now()))
+                    # Bounded: with the store unreachable a release would wait out the store's retries,
+                    # and a stop must not hang on it; an unreleased lease simply expires.
+                    await shielded(asyncio.wait_for(release, timeout=RELEASE_TIMEOUT_S))
                     log.info("job_released", job=str(job.key))
-                except WorkerError as exc:
-                    log.warning("job_release_failed", job=str(job.key), error=exc.message)
+                except (WorkerError, TimeoutError) as exc:
+                    log.warning("job_release_failed", job=str(job.key), error=describe(exc))
             raise
         except LeaseLost:
             log.warning("lease_lost", job=str(job.key))

@@ -291,3 +291,27 @@ async def test_server_errors_that_are_not_about_the_statement_are_store_unavaila
         assert await store.get([A]) == []
     finally:
         await store.close()
+
+
+async def test_a_claim_skips_rows_another_claim_has_locked(pg_url: str) -> None:
+    """SKIP LOCKED: a row locked by another transaction (a replica in the middle of claiming it) is
+    passed over at once, not waited for; the claim takes the next due job instead."""
+    store = await open_store(pg_url)
+    other = await asyncpg.connect(pg_url)
+    try:
+        await store.submit(A, now=1.0)
+        await store.submit(JobKey("layers", "job-b"), now=2.0)
+        tx = other.transaction()
+        await tx.start()
+        await other.execute("SELECT 1 FROM asset_worker.jobs WHERE key = $1 FOR UPDATE", str(A))
+        try:
+            async with asyncio.timeout(5):  # a plain FOR UPDATE would wait here until the rollback
+                claimed = await store.claim(owner="w", phase=Phase.POLL, now=3.0, lease_s=10, limit=2)
+        finally:
+            await tx.rollback()
+        assert [j.key for j in claimed] == [JobKey("layers", "job-b")]
+        (again,) = await store.claim(owner="w", phase=Phase.POLL, now=3.0, lease_s=10, limit=2)
+        assert again.key == A
+    finally:
+        await other.close()
+        await store.close()

@@ -35,6 +35,8 @@ log = structlog.get_logger("worker.runner")
 
 # How long a cancelled job's lease release may take before it is left to expire instead.
 RELEASE_TIMEOUT_S = 3.0
+# How long a task whose lease vanished may take to end by itself before it is cancelled.
+SELF_RELEASE_GRACE_S = 1.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -256,8 +258,14 @@ class Runner:
                 key, owner=active.lease.token, now=self._clock.now(), lease_s=self._settings.lease_s
             )
         except LeaseLost:
-            if task is None or task.done():
-                return  # it finished (and dropped its lease) while we were renewing
+            if task is None:
+                return
+            # The task's own last write (finish, reschedule, hand-over to transfer) drops the lease
+            # too, and may have committed just before this renewal: give it a moment to end by itself
+            # rather than cancel it half-way through its last log line and metrics.
+            await asyncio.wait([task], timeout=SELF_RELEASE_GRACE_S)
+            if task.done():
+                return
             log.warning("lease_lost", job=str(key))
             active.lost = True
             task.cancel()

@@ -7,7 +7,9 @@ import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import aiobotocore.session
 import pytest
 
 from tests.pgserver import PgServer, run_postgres
@@ -41,6 +43,25 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     """One real S3-compatible server (SeaweedFS) on loopback for the whole session."""
     with run_seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as server:
         yield server
+
+
+@pytest.fixture
+def aws_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Credentials through the standard chain (environment variables), as in production."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server.secret_key)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    for name in ("AWS_PROFILE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+async def s3_client(s3_server: S3Server, aws_env: None) -> AsyncIterator[Any]:
+    session = aiobotocore.session.get_session()
+    async with session.create_client(
+        "s3", endpoint_url=s3_server.endpoint_url, region_name="us-east-1"
+    ) as client:
+        yield client
 
 
 @pytest.fixture(scope="session")

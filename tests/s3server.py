@@ -31,6 +31,8 @@ import botocore.session
 from aiohttp import web
 from botocore.config import Config
 
+from worker.sinks.s3_settings import S3Settings
+
 ACCESS_KEY = "asset-worker-test"
 SECRET_KEY = "asset-worker-test-secret"
 BUCKET = "assets"
@@ -253,3 +255,15 @@ async def checksum_refusing_proxy(upstream: str) -> AsyncIterator[tuple[str, lis
     finally:
         await runner.cleanup()
         await session.close()
+
+
+def s3_settings(server: S3Server, prefix: str) -> S3Settings:
+    """Sink settings for ``server``, under ``prefix``, with the smallest part size S3 allows."""
+    return S3Settings(
+        bucket=server.bucket,
+        prefix=prefix,
+        endpoint_url=server.endpoint_url,
+        region="us-east-1",
+        path_style=True,
+        part_size_min_bytes=5 * 1024 * 1024,
+    )

@@ -4,22 +4,19 @@ outside it; the files (or objects) land there."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aiobotocore.session
 import pytest
 
 from tests.conftest import SettingsFactory
 from tests.http_support import api_client, run_until_idle, serving
-from tests.s3server import S3Server
+from tests.s3server import S3Server, s3_settings
 from worker.config import JobDest, parse_dest
 from worker.errors import ConfigError
 from worker.simulator.app import Simulator
 from worker.simulator.content import content_sha256
 from worker.sinks.s3 import STAGING_DIR
-from worker.sinks.s3_settings import S3Settings
 
 
 @pytest.mark.parametrize(
@@ -89,36 +86,13 @@ def test_a_relative_worker_destination_is_resolved_like_the_worker_does(
     assert parsed == JobDest((tmp_path / "assets" / "t").as_uri(), "t")
 
 
-@pytest.fixture
-def aws_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server.access_key)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server.secret_key)
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    for name in ("AWS_PROFILE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
-        monkeypatch.delenv(name, raising=False)
-
-
-@pytest.fixture
-async def s3_client(s3_server: S3Server, aws_env: None) -> AsyncIterator[Any]:
-    session = aiobotocore.session.get_session()
-    async with session.create_client("s3", endpoint_url=s3_server.endpoint_url, region_name="us-east-1") as c:
-        yield c
-
-
 async def test_an_s3_job_destination_gets_the_objects(
     sim: Simulator, make_settings: SettingsFactory, s3_server: S3Server, s3_client: Any
 ) -> None:
     """A multipart object with no published checksum (staged, then copied) lands below the job's
     prefix, with its sha256 metadata, and nothing stays in the worker's staging area."""
     prefix = f"dest/{uuid.uuid4().hex[:10]}"
-    s3 = S3Settings(
-        bucket=s3_server.bucket,
-        prefix=prefix,
-        endpoint_url=s3_server.endpoint_url,
-        region="us-east-1",
-        path_style=True,
-        part_size_min_bytes=5 * 1024 * 1024,
-    )
+    s3 = s3_settings(s3_server, prefix)
     job = sim.add_cloudlayer_job(id="to-tenant", pending_s=0, size=11 * 1024 * 1024 + 3)
     settings = make_settings(dest_url=f"s3://{s3.bucket}/{prefix}", s3=s3)
     async with serving(settings) as served, api_client(served.url) as api:

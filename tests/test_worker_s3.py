@@ -6,50 +6,18 @@ import asyncio
 import dataclasses
 import time
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
-import aiobotocore.session
 import pytest
 
 from tests.conftest import SettingsFactory
-from tests.s3server import S3Server
+from tests.s3server import S3Server, s3_settings
 from worker.app import open_worker
 from worker.models import Job, JobKey, JobState
 from worker.simulator.app import Simulator
 from worker.simulator.content import content_bytes, content_sha256
 from worker.sinks.s3_settings import S3Settings
 from worker.statusview import job_to_json
-
-
-@pytest.fixture
-def aws_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Credentials through the standard chain (environment variables), as in production."""
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server.access_key)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server.secret_key)
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    for name in ("AWS_PROFILE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
-        monkeypatch.delenv(name, raising=False)
-
-
-@pytest.fixture
-async def s3_client(s3_server: S3Server, aws_env: None) -> AsyncIterator[object]:
-    session = aiobotocore.session.get_session()
-    async with session.create_client(
-        "s3", endpoint_url=s3_server.endpoint_url, region_name="us-east-1"
-    ) as client:
-        yield client
-
-
-def s3_settings(server: S3Server, prefix: str) -> S3Settings:
-    return S3Settings(
-        bucket=server.bucket,
-        prefix=prefix,
-        endpoint_url=server.endpoint_url,
-        region="us-east-1",
-        path_style=True,
-        part_size_min_bytes=5 * 1024 * 1024,
-    )
 
 
 async def run(settings_factory: SettingsFactory, s3: S3Settings, keys: list[str]) -> list[Job]:

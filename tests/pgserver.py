@@ -59,7 +59,7 @@ class PgServer:
     def create_database(self) -> str:
         """A new empty database; its URL."""
         name = f"t_{uuid.uuid4().hex[:16]}"
-        asyncio.run(_execute(self.url(), f'CREATE DATABASE "{name}"'))
+        asyncio.run(execute(self.url(), f'CREATE DATABASE "{name}"'))
         return self.url(name)
 
     @property
@@ -271,9 +271,11 @@ async def _accepts(url: str) -> bool:
     return True
 
 
-async def _execute(url: str, sql: str) -> None:
+async def execute(url: str, *statements: str) -> None:
+    """Run ``statements`` in order on one connection to ``url`` (as whoever the URL names)."""
     conn = await asyncpg.connect(url, timeout=10)
     try:
-        await conn.execute(sql)
+        for statement in statements:
+            await conn.execute(statement)
     finally:
         await conn.close()

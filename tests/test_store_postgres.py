@@ -17,7 +17,7 @@ import asyncpg
 import pytest
 
 import worker
-from tests.pgserver import PgServer, private_cluster
+from tests.pgserver import PgServer, execute, private_cluster
 from worker.errors import ConfigError, InvalidJob, StoreUnavailable
 from worker.models import JobKey, JobState
 from worker.store import Phase, open_store, postgres_schema
@@ -50,11 +50,7 @@ async def test_replicas_starting_together_migrate_once(pg_url: str) -> None:
 async def test_a_newer_schema_is_refused(pg_url: str) -> None:
     store = await open_store(pg_url)
     await store.close()
-    conn = await asyncpg.connect(pg_url)
-    try:
-        await conn.execute("INSERT INTO asset_worker.schema_version (version) VALUES (99)")
-    finally:
-        await conn.close()
+    await execute(pg_url, "INSERT INTO asset_worker.schema_version (version) VALUES (99)")
     with pytest.raises(ConfigError, match="newer"):
         await open_store(pg_url)
 
@@ -224,25 +220,16 @@ async def test_opening_a_store_on_a_stopped_server_says_so(own_server: PgServer)
         await open_store(url)
 
 
-async def _as_postgres(url: str, *statements: str) -> None:
-    conn = await asyncpg.connect(url)
-    try:
-        for statement in statements:
-            await conn.execute(statement)
-    finally:
-        await conn.close()
-
-
 async def test_a_least_privilege_role_works_once_the_schema_exists(pg_url: str) -> None:
     """A role that may only read and write the tables starts on a migrated schema (nothing to
     create), and on an empty database is told what to grant instead of failing with a traceback."""
     role = "aw_limited"
-    await _as_postgres(pg_url, f"DROP ROLE IF EXISTS {role}", f"CREATE ROLE {role} LOGIN")
+    await execute(pg_url, f"DROP ROLE IF EXISTS {role}", f"CREATE ROLE {role} LOGIN")
     limited_url = pg_url.replace("postgres@", f"{role}@", 1)
     with pytest.raises(ConfigError, match="grant it CREATE"):
         await open_store(limited_url)
     await (await open_store(pg_url)).close()  # migrated by a role that may
-    await _as_postgres(
+    await execute(
         pg_url,
         f"GRANT USAGE ON SCHEMA asset_worker TO {role}",
         f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA asset_worker TO {role}",
@@ -262,7 +249,7 @@ async def test_server_errors_that_are_not_about_the_statement_are_store_unavaila
     the worker backs off from, never an exception that would stop it."""
     role = "aw_one_connection"
     await (await open_store(pg_url)).close()
-    await _as_postgres(
+    await execute(
         pg_url,
         f"DROP ROLE IF EXISTS {role}",
         f"CREATE ROLE {role} LOGIN CONNECTION LIMIT 1",  # superusers would be exempt from the limit

@@ -468,25 +468,28 @@ class PostgresStore:
                 _UNFINISHED_STATES,
             )
         )
-        return int(_one(row)["n"]), opt_float(_one(row)["next"])
+        counted = _one(row)
+        return int(counted["n"]), opt_float(counted["next"])
 
     async def queue_stats(self, *, now: float) -> QueueStats:
         async def body(conn: Conn) -> QueueStats:
             counts = await conn.fetch("SELECT state, count(*) AS n FROM asset_worker.jobs GROUP BY state")
-            backlog = await conn.fetchrow(
-                """SELECT count(*) AS n, min(due_at) AS oldest FROM asset_worker.jobs
+            backlog = _one(
+                await conn.fetchrow(
+                    """SELECT count(*) AS n, min(due_at) AS oldest FROM asset_worker.jobs
                    WHERE state = ANY($1::text[]) AND due_at <= $2
                      AND (lease_expires_at IS NULL OR lease_expires_at <= $2)""",
-                _UNFINISHED_STATES,
-                now,
+                    _UNFINISHED_STATES,
+                    now,
+                )
             )
             by_state = dict.fromkeys(JobState, 0)
             for row in counts:
                 by_state[JobState(row["state"])] = int(row["n"])
             return QueueStats(
                 by_state=by_state,
-                due=int(_one(backlog)["n"]),
-                oldest_due_at=opt_float(_one(backlog)["oldest"]),
+                due=int(backlog["n"]),
+                oldest_due_at=opt_float(backlog["oldest"]),
             )
 
         return await self._transaction(body, read_only=True)
@@ -582,6 +585,7 @@ class PostgresStore:
                     "role that has it"
                 ) from exc
             raise
+
 
 # Errors that mean "the database cannot serve us right now", retried before COMMIT: connection
 # failures (SQLSTATE class 08), shutdowns and restarts (class 57: admin shutdown, crash shutdown,

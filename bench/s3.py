@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import dataclasses
 import datetime
+import ipaddress
 import json
 import os
 import resource
@@ -54,7 +55,8 @@ from transfer import (
 
 from tests.s3server import S3Server, run_seaweedfs
 from worker.config import HttpSettings
-from worker.httpclient import new_session
+from worker.egress import EgressPolicy
+from worker.egress_session import new_upstream_session
 from worker.models import AssetRef
 from worker.simulator.content import content_sha256
 from worker.sinks.s3 import S3Settings, open_s3_sink
@@ -68,6 +70,9 @@ OBJECT_KEY: Final = f"{PREFIX}/{KEY}"
 SMALL_BYTES: Final = 64 << 10
 # Loopback S3 through SeaweedFS is slower than a file: allow 2 MB/s before calling a child hung.
 _MIN_RATE_B_S: Final = 2e6
+
+# The servers measured here listen on loopback, which the egress policy refuses unless allowed.
+LOOPBACK_SERVERS = EgressPolicy([ipaddress.ip_network("127.0.0.0/8")])
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -115,10 +120,11 @@ async def _copy(url: str, size: int, target: Target, knobs: Knobs) -> tuple[int,
     aws.set_credentials(target.access_key, target.secret_key)
     ref = AssetRef(asset_id=f"bench-{size}", url=url, expected_size=size)
     async with (
-        new_session(HttpSettings(), read_bufsize=1 << 20) as session,
+        new_upstream_session(HttpSettings(), LOOPBACK_SERVERS, read_bufsize=1 << 20) as session,
         open_s3_sink(settings, session=aws) as sink,
     ):
-        copy = await fetch_to_sink(session, ref, sink, key_for=lambda _ct: KEY, options=TransferOptions())
+        options = TransferOptions(egress=LOOPBACK_SERVERS)
+        copy = await fetch_to_sink(session, ref, sink, key_for=lambda _ct: KEY, options=options)
     return copy.size, copy.sha256
 
 

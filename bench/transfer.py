@@ -24,6 +24,7 @@ import contextlib
 import dataclasses
 import datetime
 import hashlib
+import ipaddress
 import json
 import os
 import resource
@@ -44,7 +45,8 @@ import aiofiles
 import aiohttp
 
 from worker.config import HttpSettings
-from worker.httpclient import new_session
+from worker.egress import EgressPolicy
+from worker.egress_session import new_upstream_session
 from worker.models import AssetRef
 from worker.simulator.content import content_sha256
 from worker.sinks.file import FileSink
@@ -59,6 +61,9 @@ _UNITS: Final = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 # A child slower than this is hung, not slow: every contender here moves well over 50 MB/s.
 _MIN_RATE_B_S: Final = 10e6
 _CURL_SCRIPT: Final = 'set -o pipefail; curl -sS --fail "$1" | tee "$2" | sha256sum'
+
+# The servers measured here listen on loopback, which the egress policy refuses unless allowed.
+LOOPBACK_SERVERS = EgressPolicy([ipaddress.ip_network("127.0.0.0/8")])
 
 
 class BenchError(Exception):
@@ -108,13 +113,13 @@ async def _worker(url: str, file: Path, size: int, chunk: int) -> tuple[int, str
         verified_at.append(time.perf_counter())
 
     ref = AssetRef(asset_id=f"bench-{size}", url=url, expected_size=size)
-    async with new_session(HttpSettings(), read_bufsize=chunk) as session:
+    async with new_upstream_session(HttpSettings(), LOOPBACK_SERVERS, read_bufsize=chunk) as session:
         copy = await fetch_to_sink(
             session,
             ref,
             FileSink(file.parent),
             key_for=lambda _ct: file.name,
-            options=TransferOptions(chunk_bytes=chunk),
+            options=TransferOptions(chunk_bytes=chunk, egress=LOOPBACK_SERVERS),
             before_commit=mark_verified,
         )
         commit_s = time.perf_counter() - verified_at[-1]

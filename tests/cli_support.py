@@ -40,6 +40,8 @@ def cli_environment(tmp_path: Path, sim: Simulator) -> dict[str, str]:
         ASSET_WORKER_RETRY_INITIAL_S="0.05",
         ASSET_WORKER_RETRY_MAX_S="0.2",
         ASSET_WORKER_LISTEN="127.0.0.1:0",
+        # The simulator's file host is on loopback: allow exactly its address, nothing more.
+        ASSET_WORKER_ALLOW_NETWORKS=sim.host_network,
         CLOUDLAYER_API_KEY=sim.api_key,
         CLOUDLAYER_BASE_URL=sim.url,
     )

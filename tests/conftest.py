@@ -4,22 +4,36 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import ipaddress
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import aiobotocore.session
+import aiohttp
 import pytest
 
 from tests.pgserver import PgServer, run_postgres
 from tests.s3server import S3Server, run_seaweedfs
 from worker.app import Worker, open_worker
-from worker.config import CloudlayerSettings, HttpSettings, LayersSettings, PollSettings, Settings
+from worker.config import (
+    CloudlayerSettings,
+    HttpSettings,
+    LayersSettings,
+    LimitSettings,
+    PollSettings,
+    Settings,
+)
+from worker.egress import EgressPolicy
+from worker.egress_session import new_upstream_session
 from worker.lease import Lease, Progress
 from worker.models import Job, JobKey, JobState
 from worker.simulator.app import Simulator, start_simulator
 from worker.store.base import Phase
+
+# The egress policy of tests whose servers (the simulator, raw handlers) listen on 127.0.0.1.
+SIMULATOR_ONLY = EgressPolicy([ipaddress.ip_network("127.0.0.1/32")])
 
 
 class RecordingSleep:
@@ -84,6 +98,15 @@ async def sim() -> AsyncIterator[Simulator]:
 
 
 @pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    """A session for URLs from upstream, as the worker makes it, allowing only 127.0.0.1."""
+    async with new_upstream_session(
+        HttpSettings(read_timeout_s=5.0), SIMULATOR_ONLY, read_bufsize=1 << 16
+    ) as client:
+        yield client
+
+
+@pytest.fixture
 def retry_sleep() -> RecordingSleep:
     return RecordingSleep()
 
@@ -107,6 +130,8 @@ def make_settings(tmp_path: Path, sim: Simulator) -> SettingsFactory:
             lease_s=5.0,
             grace_s=5.0,
             worker_id="test-worker",
+            # The simulator's file host is on loopback: allow exactly its address, nothing more.
+            limits=LimitSettings(allow_networks=(ipaddress.ip_network(sim.host_network),)),
             poll=PollSettings(initial_s=0.05, max_s=0.2, multiplier=1.5, deadline_s=30.0),
             http=HttpSettings(
                 request_attempts=4, backoff_initial_s=0.05, backoff_max_s=0.2, read_timeout_s=5.0

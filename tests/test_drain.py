@@ -136,7 +136,10 @@ async def test_a_second_signal_stops_at_once_without_a_partial_file(
     assert (await cli(env, "submit", "cloudlayer:forced")).code == 0
     log_path = tmp_path / "run.log"
     with log_path.open("wb") as log:
-        proc = popen({**env, "ASSET_WORKER_GRACE_S": "600"}, log, "run")
+        # 8 GiB is above the default cap on one asset (5 GiB): raise it for this job.
+        proc = popen(
+            {**env, "ASSET_WORKER_GRACE_S": "600", "ASSET_WORKER_MAX_ASSET_BYTES": str(16 << 30)}, log, "run"
+        )
     try:
         await wait_for_part_file(tmp_path / "assets", 1 << 20)
         proc.send_signal(signal.SIGTERM)

@@ -115,7 +115,7 @@ async def test_in_flight_and_queue_during_a_transfer(
     sim: Simulator, make_settings: SettingsFactory, tmp_path: Path
 ) -> None:
     """A transfer under way is in flight here, leased (so not in the queue depth), downloading."""
-    sim.add_cloudlayer_job(id="big", pending_s=0, size=8 * 1024 * 1024 * 1024)
+    sim.add_cloudlayer_job(id="big", pending_s=0, size=4 * 1024 * 1024 * 1024)
     async with serving(make_settings(grace_s=0.1)) as served, api_client(served.url) as api:
         await api.submit({"key": "cloudlayer:big"})
         running = asyncio.create_task(served.worker.runner.run(stop=served.stop))

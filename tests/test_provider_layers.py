@@ -15,7 +15,7 @@ from tests.simulator.conftest import T0
 from tests.simulator.conftest import FakeClock as SimFakeClock
 from worker.config import HttpSettings, LayersSettings
 from worker.errors import AssetSetChanged, InvalidJob, UpstreamRejected, UpstreamUnavailable
-from worker.httpclient import HttpClient, new_session
+from worker.httpclient import HttpClient, new_api_session
 from worker.models import AssetRef, Failed, Job, JobKey, JobState, Pending, Ready
 from worker.providers.layers import LayersProvider, asset_ref, parse_target, read_error
 from worker.ratelimit import RateLimiter
@@ -61,7 +61,7 @@ async def sim(clock: FakeClock) -> AsyncIterator[Simulator]:
 
 @pytest.fixture
 async def http(clock: FakeClock, retry_sleep: RecordingSleep) -> AsyncIterator[HttpClient]:
-    async with new_session(HTTP) as session:
+    async with new_api_session(HTTP) as session:
         yield HttpClient(session, HTTP, sleep=retry_sleep, wall_clock=clock)
 
 
@@ -319,7 +319,7 @@ async def test_rate_limited_sleeps_exactly_retry_after(
     sim.set_layers_rate(1)
     container = ready_container(sim)
     sleep = ClockSleep(clock)
-    async with new_session(HTTP) as session:
+    async with new_api_session(HTTP) as session:
         patient = HttpClient(session, HTTP, sleep=sleep, wall_clock=clock)
         outcome = await provider_for(sim.layers_url, patient, clock).poll(job(container.id))
         assert isinstance(outcome, Ready)

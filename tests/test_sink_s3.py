@@ -20,10 +20,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
+from tests.conftest import SIMULATOR_ONLY
 from tests.s3server import S3Server, checksum_refusing_proxy
-from worker.config import HttpSettings
 from worker.errors import ConfigError, IntegrityError, StorageRejected, StorageUnavailable
-from worker.httpclient import new_session
 from worker.models import AssetRef
 from worker.simulator.app import Simulator
 from worker.simulator.cloudlayer_jobs import SimJob
@@ -42,7 +41,7 @@ from worker.sinks.s3_parts import (
 )
 from worker.transfer import StoredCopy, TransferOptions, fetch_to_sink
 
-OPTIONS = TransferOptions()
+OPTIONS = TransferOptions(egress=SIMULATOR_ONLY)
 KEY = "j/a1.bin"
 PART = 5 * MIB
 
@@ -54,12 +53,6 @@ PART = 5 * MIB
 def prefix() -> str:
     """Each test writes under its own prefix of the shared server's bucket."""
     return f"t/{uuid.uuid4().hex[:12]}"
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with new_session(HttpSettings(read_timeout_s=5.0), read_bufsize=1 << 16) as client:
-        yield client
 
 
 def make_settings(server: S3Server, prefix: str, **changes: Any) -> S3Settings:

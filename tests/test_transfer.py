@@ -11,7 +11,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from worker.config import HttpSettings
+from tests.conftest import SIMULATOR_ONLY
 from worker.errors import (
     IncompleteTransfer,
     IntegrityError,
@@ -19,20 +19,13 @@ from worker.errors import (
     StorageRejected,
     UpstreamUnavailable,
 )
-from worker.httpclient import new_session
 from worker.models import AssetRef
 from worker.simulator.app import Simulator
 from worker.simulator.content import content_bytes, content_sha256
 from worker.sinks.file import FileSink
 from worker.transfer import StoredCopy, TransferOptions, fetch_to_sink
 
-OPTIONS = TransferOptions(chunk_bytes=64 * 1024, max_resumes=3)
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with new_session(HttpSettings(read_timeout_s=5.0), read_bufsize=1 << 16) as client:
-        yield client
+OPTIONS = TransferOptions(chunk_bytes=64 * 1024, max_resumes=3, egress=SIMULATOR_ONLY)
 
 
 def leftovers(root: Path) -> list[Path]:

@@ -14,13 +14,15 @@ import structlog
 
 from worker.aio import finish_cleanups
 from worker.clock import Clock, SystemClock
-from worker.config import HttpBinding, Settings, dest_path
+from worker.config import HttpBinding, Settings, dest_path, secret_values
 from worker.destinations import SinkRouter
+from worker.egress import EgressPolicy
+from worker.egress_session import new_upstream_session
 from worker.engine import Engine, EngineSettings
 from worker.errors import StoreUnavailable, WorkerError
 from worker.http.server import serve
 from worker.http.state import Service
-from worker.httpclient import HttpClient, new_session
+from worker.httpclient import HttpClient, new_api_session
 from worker.lease import Sleep
 from worker.metrics import Metrics
 from worker.policy import Backoff
@@ -28,6 +30,7 @@ from worker.providers.base import Provider
 from worker.providers.cloudlayer import CloudlayerProvider
 from worker.providers.layers import LayersProvider
 from worker.ratelimit import RateLimiter
+from worker.redaction import register_secrets
 from worker.runner import Housekeeping, Runner, RunnerSettings
 from worker.sdnotify import Notifier
 from worker.sinks.base import Sink
@@ -113,20 +116,29 @@ async def open_worker(
     """
     clock = clock or SystemClock()
     sleep = sleep or clock.sleep
+    # From here on no configured secret appears in a log line, an error or an API answer.
+    register_secrets(secret_values(settings))
+    limits = settings.limits
     if store is None:
         store = await open_store(settings.store_url, pool_size=settings.pg_pool_size)
     try:
         async with (
             contextlib.AsyncExitStack() as stack,
-            new_session(settings.http, read_bufsize=settings.chunk_bytes) as session,
+            # Two sessions: the vendors' APIs at the configured base URLs (trusted as configured),
+            # and the URLs their answers hand us, under the egress policy.
+            new_api_session(settings.http) as api_session,
+            new_upstream_session(
+                settings.http, EgressPolicy(limits.allow_networks), read_bufsize=settings.chunk_bytes
+            ) as upstream_session,
         ):
             metrics = Metrics()
 
             def http(provider: str) -> HttpClient:
                 # One client per provider over the one session, so retries are counted per provider.
                 return HttpClient(
-                    session,
+                    api_session,
                     settings.http,
+                    max_response_bytes=limits.max_response_bytes,
                     sleep=sleep,
                     wall_clock=clock.now,
                     rand=rand,
@@ -148,12 +160,18 @@ async def open_worker(
                 store=store,
                 providers=providers,
                 sinks=SinkRouter(sink, settings.dest_url),
-                session=session,
+                session=upstream_session,
                 settings=EngineSettings(
                     path_template=settings.path_template,
                     poll_deadline_s=settings.poll.deadline_s,
                     max_attempts=settings.max_attempts,
-                    transfer=TransferOptions(chunk_bytes=settings.chunk_bytes),
+                    transfer=TransferOptions(
+                        chunk_bytes=settings.chunk_bytes,
+                        max_asset_bytes=limits.max_asset_bytes,
+                        min_speed_bps=limits.min_speed_bps,
+                        min_speed_window_s=limits.min_speed_window_s,
+                        egress=EgressPolicy(limits.allow_networks),
+                    ),
                     expiry_margin_s=settings.layers.expiry_margin_s,
                     retry_backoff=Backoff(
                         initial_s=settings.http.backoff_initial_s,

@@ -19,9 +19,10 @@ import structlog
 
 from worker import log as worker_log
 from worker.app import open_store_when_reachable, open_worker, run_service
-from worker.config import CloudlayerSettings, Settings, from_env, http_binding
+from worker.config import CloudlayerSettings, Settings, from_env, http_binding, secret_values
 from worker.errors import ConfigError, InvalidJob, WorkerError
 from worker.models import JobKey
+from worker.redaction import register_secrets
 from worker.sdnotify import Notifier
 from worker.statusview import job_to_json, render_table
 from worker.store import open_store
@@ -90,6 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"asset-worker: configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    # Every configured secret is masked from here on: logs, errors, status output.
+    register_secrets(secret_values(settings))
     # Logs go to stderr when stdout carries the command's own output (tables, JSON, keys).
     log_stream = sys.stdout if args.command == "run" else sys.stderr
     worker_log.configure(level=settings.log_level, fmt=settings.log_format, stream=log_stream)

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from worker.errors import ConfigError
 from worker.naming import DEFAULT_TEMPLATE, validate_template
@@ -76,6 +76,26 @@ class LayersSettings:
     expiry_margin_s: float = 60.0
 
 
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LimitSettings:
+    """What an upstream answer may cost and where it may lead: a hostile or broken vendor (or file
+    host) must not reach internal addresses, fill a disk, exhaust memory or hold a slot forever."""
+
+    # Networks a file host may be in although they are internal (a vendor mirror inside the VPC).
+    allow_networks: tuple[IpNetwork, ...] = ()
+    max_asset_bytes: int = 5 << 30
+    # An API answer, counted after decompression.
+    max_response_bytes: int = 8 << 20
+    # A transfer slower than this over a whole window is aborted (0 turns the check off).
+    min_speed_bps: int = 1024
+    min_speed_window_s: float = 60.0
+    # Longest wait before a job whose destination was full or unreachable is tried again.
+    dest_retry_max_s: float = 60.0
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SystemdSettings:
     """What systemd passes a ``Type=notify`` service (sd_notify(3)); all None outside systemd."""
@@ -105,12 +125,44 @@ class Settings:
     # set, which http_binding() resolves by whether a token is configured.
     listen: str | None = None
     api_token: str | None = field(default=None, repr=False)
+    # A connection must send a whole request head within this (slow-header floods), and the
+    # service holds at most this many connections at once.
+    http_header_timeout_s: float = 10.0
+    http_max_connections: int = 512
+    # Secrets the worker does not use itself but must never print (the AWS secret key and session
+    # token botocore reads from the environment); see secret_values().
+    extra_secrets: tuple[str, ...] = field(default=(), repr=False)
+    limits: LimitSettings = field(default_factory=LimitSettings)
     systemd: SystemdSettings = field(default_factory=SystemdSettings)
     poll: PollSettings = field(default_factory=PollSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
     cloudlayer: CloudlayerSettings = field(default_factory=CloudlayerSettings)
     layers: LayersSettings = field(default_factory=LayersSettings)
     s3: S3Settings | None = None  # set when dest_url is s3://bucket/prefix
+
+
+def secret_values(settings: Settings) -> tuple[str, ...]:
+    """Every configured secret, to be masked wherever text leaves the process (logs, errors, the
+    store, API answers): API keys, the API token, the store's password, AWS credentials."""
+    values = [
+        settings.cloudlayer.api_key,
+        settings.layers.api_key,
+        settings.api_token,
+        store_password(settings.store_url),
+        *settings.extra_secrets,
+    ]
+    return tuple(v for v in values if v)
+
+
+def store_password(url: str) -> str | None:
+    """The password of a store URL, from its userinfo or a ``password=`` query parameter."""
+    parts = urlsplit(url)
+    if parts.password:
+        return unquote(parts.password)
+    for name, value in parse_qsl(parts.query, keep_blank_values=False):
+        if name.lower() == "password" and value:
+            return value
+    return None
 
 
 def default_worker_id() -> str:
@@ -224,6 +276,34 @@ def http_binding(settings: Settings) -> HttpBinding:
     return HttpBinding(host, port)
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError("must be a whole number >= 0")
+    return value
+
+
+def _byte_count(text: str) -> int:
+    value = _positive_int(text)
+    if value < 1024:
+        raise ValueError("must be at least 1024 bytes")
+    return value
+
+
+def _networks(text: str) -> tuple[IpNetwork, ...]:
+    """Comma-separated CIDRs (``10.20.0.0/16,127.0.0.1/32``; a bare address is a /32 or /128)."""
+    networks: list[IpNetwork] = []
+    for part in text.split(","):
+        item = part.strip()
+        if not item:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(item, strict=True))
+        except ValueError as exc:
+            raise ValueError(f"{item!r} is not a network in CIDR form such as 10.20.0.0/16 ({exc})") from None
+    return tuple(networks)
+
+
 def _chunk(text: str) -> int:
     value = int(text)
     if not 4096 <= value <= 64 << 20:
@@ -248,6 +328,16 @@ _TOP: dict[str, tuple[str, Callable[[str], Any]]] = {
     "PG_POOL_SIZE": ("pg_pool_size", _positive_int),
     "LISTEN": ("listen", lambda text: _format_listen(_listen_address(text))),
     "API_TOKEN": ("api_token", _token),
+    "HTTP_HEADER_TIMEOUT_S": ("http_header_timeout_s", _positive_float),
+    "HTTP_MAX_CONNECTIONS": ("http_max_connections", _positive_int),
+}
+_LIMITS: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "ALLOW_NETWORKS": ("allow_networks", _networks),
+    "MAX_ASSET_BYTES": ("max_asset_bytes", _byte_count),
+    "MAX_RESPONSE_BYTES": ("max_response_bytes", _byte_count),
+    "MIN_SPEED_BPS": ("min_speed_bps", _non_negative_int),
+    "MIN_SPEED_WINDOW_S": ("min_speed_window_s", _positive_float),
+    "DEST_RETRY_MAX_S": ("dest_retry_max_s", _positive_float),
 }
 _POLL: dict[str, tuple[str, Callable[[str], Any]]] = {
     "POLL_INITIAL_S": ("initial_s", _positive_float),
@@ -296,7 +386,7 @@ _S3: dict[str, tuple[str, Callable[[str], Any]]] = {
     "S3_MAX_CONNECTIONS": ("max_connections", _positive_int),
 }
 KNOWN_VARIABLES: frozenset[str] = frozenset(
-    PREFIX + name for name in (*_TOP, *_POLL, *_HTTP, *_LAYERS, *_LAYERS_POLL, *_S3)
+    PREFIX + name for name in (*_TOP, *_LIMITS, *_POLL, *_HTTP, *_LAYERS, *_LAYERS_POLL, *_S3)
 )
 
 
@@ -344,6 +434,8 @@ def from_env(environ: Mapping[str, str] | None = None, **overrides: Any) -> Sett
         s3 = S3Settings(bucket=bucket, prefix=prefix, **_section(env, _S3))
     settings = Settings(
         **top,
+        limits=LimitSettings(**_section(env, _LIMITS)),
+        extra_secrets=tuple(v for v in (env.get(n) for n in _AWS_SECRETS) if v),
         poll=poll,
         http=http,
         cloudlayer=cloudlayer,
@@ -353,6 +445,10 @@ def from_env(environ: Mapping[str, str] | None = None, **overrides: Any) -> Sett
     )
     _check(settings)
     return settings
+
+
+# botocore reads these itself; they are read here only so that they are masked like our own secrets.
+_AWS_SECRETS = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 
 
 def _systemd(env: Mapping[str, str]) -> SystemdSettings:
@@ -529,9 +625,12 @@ def sqlite_path(url: str) -> Path:
 
 
 def redact_url(url: str) -> str:
-    """``url`` with any password replaced by ``***``: safe for error messages and logs."""
+    """``url`` with any password (in the userinfo or a ``password=`` parameter) replaced by
+    ``***``: safe for error messages and logs."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()
+    if parts.password is not None:
+        parts = parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1))
+    if parts.query:
+        query = re.sub(r"(?i)(^|&)(password=)[^&]*", r"\1\2***", parts.query)
+        parts = parts._replace(query=query)
+    return parts.geturl()

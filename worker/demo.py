@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import ipaddress
 import random
 import shutil
 import time
@@ -121,6 +122,12 @@ def demo_settings(base: Settings, directory: Path, sim: Simulator) -> Settings:
     """
     return dataclasses.replace(
         base,
+        # The simulator's file host is on loopback, which the egress policy refuses: allow exactly
+        # the simulator's address (as one would allow an internal vendor mirror).
+        limits=dataclasses.replace(
+            base.limits,
+            allow_networks=(*base.limits.allow_networks, ipaddress.ip_network(sim.host_network)),
+        ),
         store_url=f"sqlite:///{directory / 'asset-worker.db'}",
         dest_url=str(directory / "assets"),
         claim_interval_s=0.2,

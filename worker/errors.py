@@ -11,12 +11,16 @@
     │   └── UpstreamRejected               401/403/404/other 4xx, malformed body → failed with a code
     ├── TransferError (.expected, .actual)
     │   ├── IncompleteTransfer             short body, reset → retry (resuming where possible)
+    │   │   └── TransferStalled            slower than the minimum speed for a whole window → retry
     │   ├── IntegrityError                 size or sha256 mismatch → retry up to N, then failed
-    │   └── SourceExpired                  403/404/410 from the file host → refresh the URL, retry
+    │   ├── SourceExpired                  403/404/410 from the file host → refresh the URL, retry
+    │   ├── DestinationBlocked             the URL leads to a refused scheme or address → failed
+    │   └── AssetTooLarge                  larger than ASSET_WORKER_MAX_ASSET_BYTES → failed
     ├── StorageError (.key)
-    │   ├── StorageUnavailable             disk full, I/O error, S3 throttling → retry
+    │   ├── StorageUnavailable             disk full, I/O error, S3 unreachable → the job waits
     │   └── StorageRejected                permission denied, no bucket → failed
     ├── StoreUnavailable                   the job store cannot be reached or is locked → retry
+    ├── StoreUnusable                      the store is corrupt, read-only or forbidden → exit 1
     ├── LeaseLost                          the job was taken over; the old owner stops
     └── ApiError (worker/http/errors.py)   a bad HTTP API request → a JSON error with a stable code
 
@@ -26,41 +30,25 @@ text. Every error carries a stable snake_case ``code`` that ends up in the statu
 
 from __future__ import annotations
 
-import re
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit, urlunsplit
+
+# strip_query and strip_queries are re-exported: most callers import them from here.
+from worker.redaction import safe_text
+from worker.redaction import strip_queries as strip_queries
+from worker.redaction import strip_query as strip_query
 
 if TYPE_CHECKING:  # models imports this module; the annotation alone needs models
     from worker.models import AssetRef
 
-_URL_WITH_QUERY = re.compile(r"\bhttps?://[^\s'\"<>]+\?[^\s'\"<>]*")
-
-
-def strip_query(url: str) -> str:
-    """Return ``url`` without its query string and fragment.
-
-    Pre-signed asset URLs carry their credentials in the query, so no URL is ever logged or stored
-    in an error message with it.
-    """
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable url>"
-    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
-
-
-def strip_queries(text: str) -> str:
-    """``text`` with the query string of every URL in it removed."""
-    return _URL_WITH_QUERY.sub(lambda m: strip_query(m.group(0)), text)
-
 
 def describe(exc: BaseException) -> str:
-    """A foreign exception as text safe to log or store: its type and message, URL queries removed.
+    """A foreign exception as text safe to log or store: its type and message, URL queries and
+    credentials removed, secrets masked, cut to a few KiB.
 
     Never ``repr()``: aiohttp's exceptions carry the request, headers (API keys) included.
     """
     text = str(exc)
-    return f"{type(exc).__name__}: {strip_queries(text)}" if text else type(exc).__name__
+    return f"{type(exc).__name__}: {safe_text(text)}" if text else type(exc).__name__
 
 
 class WorkerError(Exception):
@@ -70,6 +58,8 @@ class WorkerError(Exception):
     retryable: bool = False
 
     def __init__(self, message: str, *, code: str | None = None) -> None:
+        # Messages carry vendor text: masked and clipped once, here, for every place they go.
+        message = safe_text(message)
         super().__init__(message)
         self.message = message
         if code is not None:
@@ -165,6 +155,12 @@ class IncompleteTransfer(TransferError):
     code = "incomplete_transfer"
 
 
+class TransferStalled(IncompleteTransfer):
+    """The file host sent less than the minimum speed for a whole window; resumable like a break."""
+
+    code = "transfer_stalled"
+
+
 class IntegrityError(TransferError):
     """The bytes arrived but their size or sha256 is not what was promised."""
 
@@ -175,6 +171,24 @@ class SourceExpired(TransferError):
     """The file host refused a pre-signed URL (expired, or the asset was replaced)."""
 
     code = "source_expired"
+
+
+class DestinationBlocked(TransferError):
+    """An upstream URL (or a redirect) leads to a refused scheme or to an internal address.
+
+    Never retried: the same URL would be refused again, and a vendor answer that points inside our
+    network is a reason to stop, not to insist.
+    """
+
+    code = "destination_blocked"
+    retryable = False
+
+
+class AssetTooLarge(TransferError):
+    """The asset is larger than ``ASSET_WORKER_MAX_ASSET_BYTES``: refused before or while reading."""
+
+    code = "asset_too_large"
+    retryable = False
 
 
 class StorageError(WorkerError):
@@ -188,7 +202,11 @@ class StorageError(WorkerError):
 
 
 class StorageUnavailable(StorageError):
-    """Transient destination trouble: full disk, I/O error, throttling."""
+    """Transient destination trouble: full disk, I/O error, an unreachable or throttling S3.
+
+    Not the asset's fault: the job waits (without spending an attempt) until the destination is
+    back, rather than failing for good over a full disk.
+    """
 
     code = "storage_unavailable"
     retryable = True
@@ -205,6 +223,13 @@ class StoreUnavailable(WorkerError):
 
     code = "store_unavailable"
     retryable = True
+
+
+class StoreUnusable(WorkerError):
+    """The job store refuses for good (a corrupt or read-only file, a permission): waiting will not
+    help, so commands exit 1 with this message instead of retrying forever."""
+
+    code = "store_unusable"
 
 
 class LeaseLost(WorkerError):

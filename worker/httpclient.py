@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import random
 import time
 from collections.abc import Callable, Mapping
@@ -24,6 +23,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, sto
 
 from worker.config import HttpSettings
 from worker.errors import UpstreamRejected, UpstreamUnavailable, describe, strip_query
+from worker.jsonbody import ACCEPT_ENCODING, BodyRefused, BoundedBody, parse_json, try_parse_json
 from worker.lease import Sleep, current_progress, deliberate_sleep
 from worker.policy import Backoff, is_retryable_status, parse_retry_after
 from worker.ratelimit import RateLimiter
@@ -38,23 +38,32 @@ RetryObserver = Callable[[str, float], None]
 USER_AGENT = "asset-worker/0.1 (+https://pypi.org/project/asset-worker/)"
 
 
-def new_session(settings: HttpSettings, *, read_bufsize: int = 1 << 20) -> aiohttp.ClientSession:
-    """The process-wide session: no default headers (API keys are per request, so they can never
-    leak to a file host), bounded connect and read timeouts but no total timeout (a 1 GiB body
-    may legitimately take minutes), and a read buffer large enough for fast streaming."""
-    timeout = aiohttp.ClientTimeout(
+def client_timeout(settings: HttpSettings) -> aiohttp.ClientTimeout:
+    """Bounded connect and read timeouts but no total timeout (a 1 GiB body may legitimately take
+    minutes; the transfer's minimum speed bounds a slow one)."""
+    return aiohttp.ClientTimeout(
         total=None,
         connect=settings.connect_timeout_s,
         sock_connect=settings.connect_timeout_s,
         sock_read=settings.read_timeout_s,
     )
+
+
+def new_api_session(settings: HttpSettings) -> aiohttp.ClientSession:
+    """The session for the vendors' APIs, at the base URLs the operator configured (trusted as
+    configured; URLs that come *from* upstream use ``egress_session.new_upstream_session``).
+
+    No default headers (API keys are per request, so they can never leak to another host), no
+    proxy from the environment, and no transparent decompression: ``get_json`` decodes bodies
+    itself within ``max_response_bytes``."""
     connector = aiohttp.TCPConnector(limit=100, limit_per_host=32, ttl_dns_cache=300)
     return aiohttp.ClientSession(
-        timeout=timeout,
+        timeout=client_timeout(settings),
         connector=connector,
         headers={"User-Agent": USER_AGENT},
-        read_bufsize=read_bufsize,
         raise_for_status=False,
+        auto_decompress=False,
+        trust_env=False,
     )
 
 
@@ -69,10 +78,7 @@ def default_error_reader(status: int, body: bytes) -> tuple[str, str]:
     """Codes for a plain HTTP API: the status's meaning, and the body's ``message`` if any."""
     code = {401: "unauthenticated", 403: "forbidden", 404: "not_found"}.get(status, "upstream_rejected")
     message = body[:500].decode("utf-8", "replace").strip()
-    try:
-        parsed = json.loads(body)
-    except ValueError:
-        parsed = None
+    parsed = try_parse_json(body)
     if isinstance(parsed, dict) and isinstance(parsed.get("message"), str):
         message = parsed["message"]
     return code, message or f"HTTP {status}"
@@ -90,9 +96,11 @@ class HttpClient:
         wall_clock: Callable[[], float] = time.time,
         rand: Callable[[], float] = random.random,
         on_retry: RetryObserver | None = None,
+        max_response_bytes: int = 8 << 20,
     ) -> None:
         self.session = session
         self._settings = settings
+        self._max_response_bytes = max_response_bytes
         self._sleep = sleep
         self._wall_clock = wall_clock
         self._rand = rand
@@ -160,12 +168,21 @@ class HttpClient:
         self, url: str, headers: Mapping[str, str], error_reader: ErrorReader
     ) -> JsonResponse:
         safe_url = strip_query(url)
+        refused: BodyRefused | None = None
         try:
             # No redirects: aiohttp would forward X-API-Key to whatever host a 3xx names.
-            async with self.session.get(url, headers=headers, allow_redirects=False) as resp:
-                body = await resp.read()
+            async with self.session.get(
+                url,
+                headers={**headers, "Accept-Encoding": ACCEPT_ENCODING},
+                allow_redirects=False,
+                auto_decompress=False,
+            ) as resp:
                 status = resp.status
                 resp_headers = dict(resp.headers)
+                try:
+                    body = await self._read_bounded(resp)
+                except BodyRefused as exc:
+                    refused, body = exc, b""
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
             raise UpstreamUnavailable(
                 f"GET {safe_url}: {describe(exc)}", url=url, code="network_error"
@@ -208,12 +225,24 @@ class HttpClient:
                 f"GET {safe_url}: HTTP {status}: {message}", url=url, status=status, code=code
             )
         try:
-            parsed = json.loads(body)
-        except ValueError as exc:
+            if refused is not None:
+                raise refused
+            parsed = parse_json(body)
+        except BodyRefused as exc:
             raise UpstreamRejected(
-                f"GET {safe_url}: HTTP {status} with a body that is not JSON",
-                url=url,
-                status=status,
-                code="malformed_response",
-            ) from exc
+                f"GET {safe_url}: HTTP {status}: {exc}", url=url, status=status, code="malformed_response"
+            ) from None
         return JsonResponse(status, parsed, resp_headers)
+
+    async def _read_bounded(self, resp: aiohttp.ClientResponse) -> bytes:
+        """The body, decoded by us and refused the moment it passes ``max_response_bytes``
+        (a ``Content-Length`` above it is refused before a byte is read)."""
+        if resp.content_length is not None and resp.content_length > self._max_response_bytes:
+            raise BodyRefused(
+                f"the answer announces {resp.content_length} bytes, more than {self._max_response_bytes} "
+                "(ASSET_WORKER_MAX_RESPONSE_BYTES)"
+            )
+        body = BoundedBody(resp.headers.get("Content-Encoding"), self._max_response_bytes)
+        async for chunk in resp.content.iter_chunked(1 << 16):
+            body.feed(chunk)
+        return body.finish()

@@ -1,7 +1,9 @@
 """structlog, configured once by the CLI: JSON lines for machines, a console renderer for people.
 
-Secrets never reach the output: values of secret-looking keys are replaced, and any URL has its
-query string (where pre-signed URLs keep their signature) removed.
+Secrets never reach the output: values of secret-looking keys are replaced, every configured
+secret is masked by value in every field (nested ones too), any URL loses its query string (where
+pre-signed URLs keep their signature) and its ``user:password@``, and text is cut to a bounded
+length so a vendor's 20 MB message is not written to the log whole.
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ from typing import Any, TextIO
 
 import structlog
 
-from worker.errors import strip_queries
+from worker.redaction import safe_text
 
 _SECRET_KEYS = re.compile(r"(api[_-]?key|authorization|token|secret|password|signature)", re.IGNORECASE)
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+# A traceback is worth more room than a message, but still not megabytes.
+_MAX_LOG_VALUE_CHARS = 16384
 
 
 def redact(_logger: object, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
@@ -25,9 +29,22 @@ def redact(_logger: object, _method: str, event: MutableMapping[str, Any]) -> Mu
     for key, value in list(event.items()):
         if _SECRET_KEYS.search(key):
             event[key] = "[redacted]"
-        elif isinstance(value, str) and "?" in value and "://" in value:
-            event[key] = strip_queries(value)
+        else:
+            event[key] = _clean(value, depth=0)
     return event
+
+
+def _clean(value: Any, *, depth: int) -> Any:
+    if isinstance(value, str):
+        return safe_text(value, _MAX_LOG_VALUE_CHARS)
+    if depth >= 8 and isinstance(value, dict | list | tuple):
+        # Deeper structures are not ours to log field by field.
+        return safe_text(repr(value), _MAX_LOG_VALUE_CHARS)
+    if isinstance(value, dict):
+        return {k: _clean(v, depth=depth + 1) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v, depth=depth + 1) for v in value]
+    return value
 
 
 def configure(*, level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from worker.errors import InvalidJob
+from worker.redaction import safe_text
 
 PROVIDERS: tuple[str, ...] = ("cloudlayer", "layers")
 
@@ -65,8 +66,15 @@ class JobKey:
 
 @dataclass(frozen=True, slots=True)
 class JobError:
+    """What went wrong, as the status shows it: a stable code and a message that is masked and
+    clipped here, so no secret or 20 MB vendor text ever reaches the store, logs or API."""
+
     code: str
     message: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "code", safe_text(self.code, 100))
+        object.__setattr__(self, "message", safe_text(self.message))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

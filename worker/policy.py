@@ -90,3 +90,42 @@ def is_expired_source_status(status: int) -> bool:
     403 is how S3 says "expired"; 404 and 410 appear when an asset was replaced or removed.
     """
     return status in (403, 404, 410)
+
+
+class SpeedFloor:
+    """Whether a stream keeps to a minimum speed: ``min_bps * window_s`` bytes must arrive within
+    ``window_s`` of the last time that quota was met (or of the start). A stream that falls below
+    the floor for a whole window misses its deadline; a faster one never sees it. ``min_bps`` 0
+    turns the floor off.
+    """
+
+    def __init__(self, *, min_bps: int, window_s: float, now: float) -> None:
+        self._quota = min_bps * window_s
+        self._window_s = window_s
+        self._start = now
+        self._bytes = 0
+
+    def deadline(self) -> float | None:
+        """The loop time by which the current quota must be met (None: no floor)."""
+        return None if self._quota <= 0 else self._start + self._window_s
+
+    def exclude(self, seconds: float) -> None:
+        """Do not count ``seconds`` against the stream (it was not the stream we waited for)."""
+        self._start += seconds
+
+    def add(self, count: int, now: float) -> bool:
+        """Count ``count`` bytes that arrived at ``now``; True when the stream fell below the floor."""
+        if self._quota <= 0:
+            return False
+        self._bytes += count
+        if self._bytes >= self._quota:
+            self._start, self._bytes = now, 0
+            return False
+        return now > self._start + self._window_s
+
+    def describe(self) -> str:
+        rate = self._quota / self._window_s
+        return (
+            f"slower than {rate:g} bytes/s for {self._window_s:g} s "
+            "(ASSET_WORKER_MIN_SPEED_BPS, ASSET_WORKER_MIN_SPEED_WINDOW_S)"
+        )

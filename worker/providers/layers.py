@@ -11,7 +11,6 @@ through one ``RateLimiter``, because the vendor's read budget is per API key, no
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from collections.abc import Callable
@@ -25,6 +24,7 @@ import structlog
 from worker.config import LayersSettings
 from worker.errors import AssetSetChanged, InvalidJob, UpstreamRejected
 from worker.httpclient import HttpClient, default_error_reader
+from worker.jsonbody import try_parse_json
 from worker.models import AssetRef, Failed, Job, Pending, PollOutcome, Ready
 from worker.naming import choose_ext
 from worker.policy import Backoff
@@ -77,10 +77,7 @@ def read_error(status: int, body: bytes) -> tuple[str, str]:
     A body that is not the envelope (a proxy's error page) falls back to the status's meaning.
     """
     fallback_code = _CODE_BY_STATUS.get(status) or ("unavailable" if status >= 500 else "upstream_rejected")
-    try:
-        parsed = json.loads(body)
-    except ValueError:
-        parsed = None
+    parsed = try_parse_json(body)
     error = parsed.get("error") if isinstance(parsed, dict) else None
     if not isinstance(error, dict):
         return fallback_code, default_error_reader(status, body)[1]

@@ -10,9 +10,11 @@ media URLs.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -70,6 +72,14 @@ class Simulator:
     url: str  # cloudlayer API, file host and the /_sim/ control API
     state: SimulatorState
     layers_url: str  # the Layers host, the counterpart of https://api.layers.com (paths /v1/...)
+
+    @property
+    def host_network(self) -> str:
+        """The simulator's address as a one-address network (``127.0.0.1/32``), for
+        ``ASSET_WORKER_ALLOW_NETWORKS``: its file host is on loopback, which the egress policy
+        refuses unless allowed."""
+        host = urlsplit(self.url).hostname or "127.0.0.1"
+        return str(ipaddress.ip_network(host))
 
     @property
     def api_key(self) -> str:

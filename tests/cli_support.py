@@ -4,6 +4,7 @@ simulator, its status JSON, its files."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import sys
@@ -67,6 +68,15 @@ async def cli(env: Mapping[str, str], *args: str, timeout_s: float = 60) -> Resu
     out, err = await asyncio.wait_for(proc.communicate(), timeout_s)
     assert proc.returncode is not None
     return Result(proc.returncode, out.decode(), err.decode())
+
+
+def sha256_of(path: Path) -> str:
+    """The sha256 of a file on disk, read in 4 MiB blocks (files in tests reach GiBs)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(1 << 22):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def files_under(root: Path) -> list[Path]:

@@ -8,25 +8,20 @@ and its request log shows who fetched what, when.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
-import hashlib
 import itertools
-import os
 import signal
-import sys
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import pytest
 
 import worker
-from tests.cli_support import cli_environment
+from tests.cli_support import cli_environment, sha256_of
 from tests.conftest import SettingsFactory
+from tests.fleet import Fleet, Replica, fleet_of, has_open, until_finished
 from tests.http_support import listening_port, logged_events, probe
 from tests.pgserver import private_cluster
 from worker.app import open_worker
@@ -38,67 +33,6 @@ from worker.simulator.requestlog import RequestRecord
 from worker.store import Store, open_store
 
 MiB = 1 << 20
-
-
-@dataclass
-class Replica:
-    name: str
-    proc: asyncio.subprocess.Process
-    log_path: Path
-
-
-class Fleet:
-    """Replicas of ``asset-worker run`` on one store; each logs to its own file."""
-
-    def __init__(self, env: Mapping[str, str], log_dir: Path) -> None:
-        self._env = dict(env)
-        self._log_dir = log_dir
-        self.replicas: list[Replica] = []
-
-    async def start(self) -> Replica:
-        name = f"replica-{len(self.replicas)}"
-        log_path = self._log_dir / f"{name}.log"
-        env = dict(self._env, ASSET_WORKER_WORKER_ID=name)
-        with log_path.open("wb") as log:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "worker.cli",
-                "run",
-                env=env,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=log,
-                stderr=asyncio.subprocess.STDOUT,
-            )
-        replica = Replica(name, proc, log_path)
-        self.replicas.append(replica)
-        return replica
-
-    @property
-    def alive(self) -> list[Replica]:
-        return [r for r in self.replicas if r.proc.returncode is None]
-
-    def check(self) -> None:
-        """Fail at once, with its log, if a replica exited that this test did not kill."""
-        for replica in self.replicas:
-            code = replica.proc.returncode
-            if code is not None and code != -signal.SIGKILL:
-                tail = replica.log_path.read_text(errors="replace")[-3000:]
-                pytest.fail(f"{replica.name} exited with {code}:\n{tail}")
-
-    async def stop(self) -> dict[str, int]:
-        """SIGTERM every live replica; their exit codes."""
-        codes: dict[str, int] = {}
-        for replica in self.alive:
-            replica.proc.send_signal(signal.SIGTERM)
-        for replica in self.alive:
-            codes[replica.name] = await asyncio.wait_for(replica.proc.wait(), 60)
-        return codes
-
-    async def kill_all(self) -> None:
-        for replica in self.alive:
-            replica.proc.kill()
-            await replica.proc.wait()
 
 
 @pytest.fixture
@@ -115,17 +49,6 @@ async def fleet_env(sim: Simulator, tmp_path: Path) -> dict[str, str]:
         ASSET_WORKER_LOG_FORMAT="json",
     )
     return env
-
-
-@contextlib.asynccontextmanager
-async def fleet_of(env: Mapping[str, str], log_dir: Path, size: int) -> AsyncIterator[Fleet]:
-    fleet = Fleet(env, log_dir)
-    try:
-        for _ in range(size):
-            await fleet.start()
-        yield fleet
-    finally:
-        await fleet.kill_all()
 
 
 async def test_three_replicas_share_300_jobs_through_two_sigkills(
@@ -158,7 +81,7 @@ async def test_three_replicas_share_300_jobs_through_two_sigkills(
                     await victim.proc.wait()
                     killed.append(part)
                     await fleet.start()  # the Deployment replaces it
-                await _until_finished(store, fleet)
+                await until_finished(store, fleet)
             statuses = {str(job.key): job for job in await store.list_jobs()}
         finally:
             await store.close()
@@ -199,7 +122,7 @@ async def test_a_database_restart_mid_run_loses_nothing(
             store = await open_store(url)
             try:
                 async with asyncio.timeout(180):
-                    await _until_finished(store, fleet)
+                    await until_finished(store, fleet)
                 finished = await store.list_jobs()
             finally:
                 await store.close()
@@ -236,7 +159,7 @@ def _large_temp_file_in_use(fleet: Fleet, dest: Path, exclude: list[Path]) -> tu
         except FileNotFoundError:
             continue
         for replica in fleet.alive:
-            if _has_open(replica.proc.pid, part):
+            if has_open(replica.proc.pid, part):
                 return part, replica
     return None
 
@@ -259,29 +182,10 @@ def _assert_each_stored_once(
         assert path.stat().st_size == job.size
         uris[job.id] = asset.receipt.uri
     for job in hash_on_disk:
-        assert _sha256(Path(unquote(urlsplit(uris[job.id]).path))) == content_sha256(job.seed, job.size)
+        assert sha256_of(Path(unquote(urlsplit(uris[job.id]).path))) == content_sha256(job.seed, job.size)
     files = [p for p in dest.rglob("*") if p.is_file()]
     assert [p for p in files if p.name.endswith(".part")] == []
     assert len(files) == len(jobs)
-
-
-def _has_open(pid: int, path: Path) -> bool:
-    fd_dir = Path(f"/proc/{pid}/fd")
-    with contextlib.suppress(OSError):
-        for fd in fd_dir.iterdir():
-            with contextlib.suppress(OSError):
-                if os.readlink(fd) == str(path):
-                    return True
-    return False
-
-
-async def _until_finished(store: Store, fleet: Fleet) -> None:
-    while True:
-        fleet.check()
-        count, _ = await store.unfinished()
-        if count == 0:
-            return
-        await asyncio.sleep(0.2)
 
 
 async def _until_some_done(url: str, count: int, fleet: Fleet) -> None:
@@ -308,14 +212,6 @@ def _assert_no_job_served_twice_at_once(records: list[RequestRecord]) -> None:
         for earlier, later in itertools.pairwise(requests):
             assert earlier.ended_t is not None, f"{path}: a request never ended"
             assert later.t >= earlier.ended_t, f"{path}: two requests at once ({earlier} and {later})"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(4 * MiB):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 async def test_a_job_taken_over_fetches_only_what_was_not_yet_stored(
@@ -385,7 +281,7 @@ async def test_a_replica_started_before_its_database_waits_and_reports_not_ready
             store = await open_store(url)
             try:
                 async with asyncio.timeout(60):
-                    await _until_finished(store, fleet)
+                    await until_finished(store, fleet)
                 (finished,) = await store.list_jobs()
             finally:
                 await store.close()

@@ -9,7 +9,6 @@ no byte, so the transfer cannot finish behind the test's back, whatever the mach
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import signal
 import subprocess
 import time
@@ -18,7 +17,7 @@ from typing import IO
 
 import pytest
 
-from tests.cli_support import cli, cli_environment, files_under, status_json, wait_for_part_file
+from tests.cli_support import cli, cli_environment, files_under, sha256_of, status_json, wait_for_part_file
 from tests.http_support import eventually, listening_port, logged_events, probe, worker_command
 from worker.simulator.app import Simulator
 from worker.simulator.content import content_sha256
@@ -36,14 +35,6 @@ def popen(env: dict[str, str], log: IO[bytes], *args: str) -> subprocess.Popen[b
     # Output to a file, not a pipe: a pipe nobody reads while the loop is held could fill and
     # block the worker.
     return subprocess.Popen(worker_command(*args), env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _terminate_and_probe_while_held(

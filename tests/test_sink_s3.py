@@ -22,7 +22,7 @@ from structlog.testing import capture_logs
 
 from tests.conftest import SIMULATOR_ONLY
 from tests.s3server import S3Server, checksum_refusing_proxy
-from worker.errors import ConfigError, IntegrityError, StorageRejected, StorageUnavailable
+from worker.errors import ConfigError, IntegrityError, StorageInterrupted, StorageRejected
 from worker.models import AssetRef
 from worker.simulator.app import Simulator
 from worker.simulator.cloudlayer_jobs import SimJob
@@ -435,11 +435,12 @@ async def test_missing_bucket_is_rejected(
 
 async def test_store_side_digest_mismatch_is_retryable_and_fast(sink: S3Sink) -> None:
     """A BadDigest (the store got other bytes than we hashed) is not retried by botocore but
-    surfaces at once as a retryable StorageUnavailable; nothing is stored."""
+    surfaces at once as a retryable StorageInterrupted (this write, not the destination, went
+    wrong); nothing is stored."""
     upload = await sink.open(KEY, content_type=None, expected_size=None, expected_sha256=None)
     await upload.write(b"hello")
     started = time.monotonic()
-    with pytest.raises(StorageUnavailable) as caught:
+    with pytest.raises(StorageInterrupted) as caught:
         await upload.commit(size=5, sha256=hashlib.sha256(b"HELLO").hexdigest())
     await upload.abort()
     assert caught.value.code == "storage_checksum_mismatch"

@@ -261,6 +261,7 @@ async def test_every_owner_guarded_write_raises_lease_lost(store: Store) -> None
         lambda: store.fail_asset(A, owner="w2", asset_id="x", error=ERR),
         lambda: store.finish(A, owner="w2", now=3.0, state=JobState.DONE),
         lambda: store.retry_later(A, owner="w2", now=3.0, due_at=9.0, error=ERR),
+        lambda: store.postpone(A, owner="w2", now=3.0, due_at=9.0, error=ERR),
         lambda: store.renew(B, owner="w1", now=3.0, lease_s=5),  # no such job
     ]
     for write in writes:
@@ -410,6 +411,59 @@ async def test_retry_later_round_trips(store: Store) -> None:
     await store.retry_later(A, owner="w1", now=11.0, due_at=12.0)
     (job,) = await store.get([A])
     assert (job.due_at, job.error) == (12.0, ERR)
+
+
+DISK_FULL = JobError(code="disk_full", message="cannot write /assets/x.png: no space left on device")
+
+
+async def test_postpone_waits_until_due_at_and_gives_back_the_attempt(store: Store) -> None:
+    """postpone keeps a downloading job downloading, records the error, drops the lease and refunds
+    the transfer claim's attempt, leaving the assets alone; the job is claimed again at due_at."""
+    await ready(store, A, ["x", "y"])
+    await store.record_receipt(A, owner="w1", receipt=receipt("x"))
+    (before,) = await store.get([A])
+    assert before.attempts == 1
+    await store.postpone(A, owner="w1", now=3.0, due_at=50.0, error=DISK_FULL)
+    (job,) = await store.get([A])
+    assert (job.state, job.due_at, job.updated_at, job.error, job.attempts) == (
+        JobState.DOWNLOADING,
+        50.0,
+        3.0,
+        DISK_FULL,
+        0,
+    )
+    assert (job.lease_owner, job.lease_expires_at) == (None, None)
+    assert job.assets == before.assets
+    assert (job.polls, job.provider_state, job.finished_at) == (before.polls, before.provider_state, None)
+    assert await store.claim(owner="w2", phase=Phase.TRANSFER, now=49.9, lease_s=30, limit=1) == []
+    (again,) = await store.claim(owner="w2", phase=Phase.TRANSFER, now=50.0, lease_s=30, limit=1)
+    assert (again.key, again.attempts, again.lease_owner) == (A, 1, "w2")
+
+
+async def test_postpone_of_a_polling_job_keeps_its_state_and_counters(store: Store) -> None:
+    """A postponed polling job stays polling with its polls and attempts, and the new error replaces
+    the last one."""
+    await store.submit(A, now=1.0)
+    await store.claim(owner="w1", phase=Phase.POLL, now=1.0, lease_s=30, limit=1)
+    await store.reschedule(A, owner="w1", now=2.0, due_at=3.0, polls=2, provider_state={"s": 1})
+    await store.claim(owner="w1", phase=Phase.POLL, now=3.0, lease_s=30, limit=1)
+    await store.retry_later(A, owner="w1", now=4.0, due_at=5.0, error=ERR)
+    await store.claim(owner="w1", phase=Phase.POLL, now=5.0, lease_s=30, limit=1)
+    await store.postpone(A, owner="w1", now=6.0, due_at=60.0, error=DISK_FULL)
+    (job,) = await store.get([A])
+    assert (job.state, job.polls, job.attempts, job.polling_since) == (JobState.POLLING, 2, 0, 1.0)
+    assert (job.due_at, job.error, job.lease_owner, job.provider_state) == (60.0, DISK_FULL, None, {"s": 1})
+
+
+async def test_postpone_by_a_worker_that_lost_the_lease_changes_nothing(store: Store) -> None:
+    """A postpone from the worker whose lease expired and was taken over raises LeaseLost and
+    neither refunds an attempt nor moves the job: the successor's claim stands."""
+    await ready(store, A, ["x"], owner="w1", now=2.0)  # leased to w1 until 32
+    (taken,) = await store.claim(owner="w2", phase=Phase.TRANSFER, now=40.0, lease_s=30, limit=1)
+    assert (taken.lease_owner, taken.attempts) == ("w2", 2)
+    with pytest.raises(LeaseLost, match="w2"):
+        await store.postpone(A, owner="w1", now=41.0, due_at=99.0, error=DISK_FULL)
+    assert await store.get([A]) == [taken]
 
 
 # -- reading --------------------------------------------------------------------------------

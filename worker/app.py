@@ -82,7 +82,8 @@ async def open_store_when_reachable(settings: Settings, *, stop: asyncio.Event) 
     over, or starting along with us), with backoff up to 30 s; None if ``stop`` is set first.
 
     A long-lived worker must not crash-loop because it started a moment before its database.
-    Configuration errors (bad URL, wrong password, unknown database) are raised at once.
+    Configuration errors (bad URL, wrong password, unknown database) are raised at once, and so is
+    ``StoreUnusable`` (a damaged or read-only SQLite file): waiting would never end.
     """
     backoff = Backoff(initial_s=0.5, max_s=30.0, jitter=0.2)
     attempt = 0
@@ -173,6 +174,9 @@ async def open_worker(
                         egress=EgressPolicy(limits.allow_networks),
                     ),
                     expiry_margin_s=settings.layers.expiry_margin_s,
+                    destination_backoff=Backoff(
+                        initial_s=min(1.0, limits.dest_retry_max_s), max_s=limits.dest_retry_max_s
+                    ),
                     retry_backoff=Backoff(
                         initial_s=settings.http.backoff_initial_s,
                         max_s=settings.http.backoff_max_s,
@@ -216,6 +220,7 @@ def http_service(worker: Worker, *, draining: Callable[[], bool]) -> Service:
         metrics=worker.metrics,
         dest_url=worker.settings.dest_url,
         draining=draining,
+        destination_ready=lambda: worker.engine.destination.ready(worker.clock.now()),
         wake=worker.runner.wake,
         abandon=worker.runner.abandon,
     )
@@ -241,7 +246,14 @@ async def run_service(
         if binding is not None:
             service = http_service(worker, draining=stop.is_set)
             host, port = await stack.enter_async_context(
-                serve(service, host=binding.host, port=binding.port, api_token=binding.api_token)
+                serve(
+                    service,
+                    host=binding.host,
+                    port=binding.port,
+                    api_token=binding.api_token,
+                    header_timeout_s=worker.settings.http_header_timeout_s,
+                    max_connections=worker.settings.http_max_connections,
+                )
             )
             status = f"working the queue, HTTP on {host}:{port}"
         notifier.notify("READY=1", f"STATUS={status}")

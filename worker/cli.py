@@ -1,6 +1,10 @@
 """``asset-worker``: submit, run, status, simulate, demo.
 
 Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error.
+
+A store that cannot be used whatever we wait for (``StoreUnusable``: a damaged or read-only file)
+makes every command exit 1 with one line on stderr, ``asset-worker: store_unusable: ...``, whether
+it is found at start or while ``run`` works.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import structlog
 from worker import log as worker_log
 from worker.app import open_store_when_reachable, open_worker, run_service
 from worker.config import CloudlayerSettings, Settings, from_env, http_binding, secret_values
-from worker.errors import ConfigError, InvalidJob, WorkerError
+from worker.errors import ConfigError, InvalidJob, StoreUnusable, WorkerError
 from worker.models import JobKey
 from worker.redaction import register_secrets
 from worker.sdnotify import Notifier
@@ -221,6 +225,16 @@ async def _run(settings: Settings, *, until_idle: bool, http: bool) -> int:
         if signals_seen >= 2:
             return EXIT_FAILURE
         raise
+    except BaseExceptionGroup as group:
+        # The service's task group wraps what the runner raised. A store that became unusable
+        # mid-run is reported as one found unusable at start: main prints its one line, exit 1.
+        unusable = group.subgroup(StoreUnusable)
+        if unusable is None:
+            raise
+        leaf: BaseException = unusable
+        while isinstance(leaf, BaseExceptionGroup):
+            leaf = leaf.exceptions[0]
+        raise leaf from None
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(Exception):

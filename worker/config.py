@@ -580,7 +580,10 @@ def parse_dest(text: str, *, base_url: str) -> JobDest:
         return JobDest(f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}", subpath)
     root = dest_path(base_url)
     if "://" in raw:
-        parts = urlsplit(raw)
+        try:
+            parts = urlsplit(raw)
+        except ValueError:
+            raise ConfigError(f"destination {text!r} is not a URL") from None
         if parts.scheme.lower() != "file" or parts.netloc not in ("", "localhost"):
             raise ConfigError(
                 f"destination {text!r}: use an absolute path, file:///PATH or s3://BUCKET/PREFIX"

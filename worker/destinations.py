@@ -10,8 +10,11 @@ one client, its settings and the janitor watching the prefix, all apply unchange
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from worker.config import parse_dest
 from worker.errors import ConfigError, StorageRejected
+from worker.policy import Backoff
 from worker.sinks.base import Sink, Upload
 
 
@@ -72,3 +75,35 @@ class SinkRouter:
             sink = SubdirSink(self.default, parsed.subpath) if parsed.subpath else self.default
             self._views[dest] = sink
         return sink
+
+
+class DestinationHealth:
+    """Whether the destination takes writes, and how long jobs wait for it when it does not.
+
+    A full disk or an unreachable S3 is a pause, not a verdict: each job that meets it goes back
+    to the queue for ``delay`` (growing with consecutive failures, capped by
+    ``ASSET_WORKER_DEST_RETRY_MAX_S``), and ``/readyz`` reports ``destination_unavailable``. One
+    successful write clears it. With no job left to try, the state lapses after twice the last
+    delay plus ``slack_s`` (a waiting job would have failed again by then if nothing changed), so
+    an empty queue does not keep a worker unready forever. Pure: time and randomness come in.
+    """
+
+    def __init__(self, backoff: Backoff, *, slack_s: float = 10.0) -> None:
+        self._backoff = backoff
+        self._slack_s = slack_s
+        self._failures = 0
+        self._down_until: float | None = None
+
+    def ready(self, now: float) -> bool:
+        return self._down_until is None or now >= self._down_until
+
+    def failed(self, now: float, rand: Callable[[], float]) -> float:
+        """Record a failure at ``now``; returns how long the job that met it should wait."""
+        delay = self._backoff.delay(self._failures, rand)
+        self._failures += 1
+        self._down_until = now + 2 * delay + self._slack_s
+        return delay
+
+    def succeeded(self) -> None:
+        self._failures = 0
+        self._down_until = None

@@ -10,9 +10,13 @@ Error handling by class, never by message:
   with ``poll_timeout``.
 - while transferring an asset, ``SourceExpired`` fetches a fresh URL and tries again;
   ``IncompleteTransfer``, ``IntegrityError`` and other retryable errors back off and try again, up
-  to ``max_attempts``; then the asset fails with the last error's code. ``StorageRejected`` and
-  ``UpstreamRejected`` fail the asset at once. A job whose assets all stored is ``done``;
-  one with any failed asset is ``failed`` with the first asset error.
+  to ``max_attempts``; then the asset fails with the last error's code. ``StorageRejected``,
+  ``UpstreamRejected``, ``DestinationBlocked`` and ``AssetTooLarge`` fail the asset at once. A job
+  whose assets all stored is ``done``; one with any failed asset is ``failed`` with the first
+  asset error.
+- ``StorageUnavailable`` (a full disk, an unreachable S3) is not the asset's fault: the whole job
+  goes back to the queue for a while (``DestinationHealth``), its attempt given back, and nothing
+  is downloaded again until the destination takes writes.
 """
 
 from __future__ import annotations
@@ -23,21 +27,23 @@ import os
 import random
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
 
 import aiohttp
 import structlog
 
 from worker.clock import Clock
-from worker.destinations import SinkRouter
+from worker.destinations import DestinationHealth, SinkRouter
 from worker.digest import normalise_sha256
 from worker.errors import (
     AssetSetChanged,
     InvalidJob,
     LeaseLost,
     SourceExpired,
+    StorageUnavailable,
     StoreUnavailable,
+    StoreUnusable,
     UpstreamRejected,
     UpstreamUnavailable,
     WorkerError,
@@ -75,6 +81,8 @@ class EngineSettings:
     retry_backoff: Backoff
     # Refresh a signed URL this long before its published expiry instead of letting it fail.
     expiry_margin_s: float = 60.0
+    # How long a job waits for a full or unreachable destination (grows, capped).
+    destination_backoff: Backoff = field(default_factory=lambda: Backoff(initial_s=1.0, max_s=60.0))
 
 
 class Engine:
@@ -100,6 +108,7 @@ class Engine:
         self._clock = clock
         self._sleep = sleep or clock.sleep
         self._rand = rand
+        self.destination = DestinationHealth(settings.destination_backoff)
 
     # -- polling ------------------------------------------------------------------------------
 
@@ -190,10 +199,29 @@ class Engine:
         except AssetSetChanged as changed:
             await self._resolve_again(job, owner, changed)
             return
+        except StorageUnavailable as down:
+            await self._wait_for_destination(job, owner, down)
+            return
         if first_error is not None:
             await self._finish(job, owner, JobState.FAILED, first_error)
         else:
             await self._finish(job, owner, JobState.DONE, None)
+
+    async def _wait_for_destination(self, job: Job, owner: str, down: StorageUnavailable) -> None:
+        """The destination is full or unreachable: the job goes back to the queue for a while,
+        its attempt given back; what it stored so far stays stored."""
+        now = self._clock.now()
+        delay = self.destination.failed(now, self._rand)
+        error = JobError(down.code, down.message)
+        await self._store.postpone(job.key, owner=owner, now=now, due_at=now + delay, error=error)
+        self._metrics.destination_waits.labels(code=down.code).inc()
+        log.warning(
+            "destination_unavailable",
+            job=str(job.key),
+            error=down.code,
+            message=down.message,
+            retry_in_s=round(delay, 3),
+        )
 
     async def _resolve_again(self, job: Job, owner: str, changed: AssetSetChanged) -> None:
         """The vendor replaced the job's files: start over from the new set (or from polling).
@@ -254,8 +282,8 @@ class Engine:
             receipt = await self._reuse(record.ref, sink) or await self._fetch_with_retries(
                 job, record.ref, lease, sink
             )
-        except (LeaseLost, StoreUnavailable, AssetSetChanged):
-            raise  # not the asset's fault: the runner decides what happens to the job
+        except (LeaseLost, StoreUnavailable, StoreUnusable, AssetSetChanged, StorageUnavailable):
+            raise  # not the asset's fault: the job as a whole waits, moves on or stops
         except WorkerError as exc:
             error = JobError(exc.code, exc.message)
             await self._store.fail_asset(job.key, owner=owner, asset_id=record.ref.asset_id, error=error)
@@ -312,7 +340,7 @@ class Engine:
                     before_commit=lease.confirm,
                     wall_clock=self._clock.now,
                 )
-            except AssetSetChanged:
+            except (AssetSetChanged, StorageUnavailable):
                 raise
             except WorkerError as exc:
                 if not exc.retryable or attempt == attempts:
@@ -333,6 +361,7 @@ class Engine:
                 await self._pause(exc, attempt)
                 continue
             self._metrics.transfer_duration.observe(time.monotonic() - started)
+            self.destination.succeeded()
             return Receipt(
                 asset_id=ref.asset_id,
                 uri=copy.committed.uri,

@@ -36,7 +36,8 @@ async def submit_async(
     environment, as the HTTP API checks it; the worker checks again when it runs the job).
     ``force`` re-queues jobs that already finished. Returns one result per key, in order. Raises
     ``InvalidJob`` for a malformed key and ``ConfigError`` for a bad destination or store URL
-    (nothing is written then), and ``StoreUnavailable`` when the store cannot be reached.
+    (nothing is written then), ``StoreUnavailable`` when the store cannot be reached, and
+    ``StoreUnusable`` when it refuses for good (a corrupt or read-only SQLite file).
     """
     parsed = _parse(keys)
     if dest is not None:

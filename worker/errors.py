@@ -18,6 +18,7 @@
     │   └── AssetTooLarge                  larger than ASSET_WORKER_MAX_ASSET_BYTES → failed
     ├── StorageError (.key)
     │   ├── StorageUnavailable             disk full, I/O error, S3 unreachable → the job waits
+    │   ├── StorageInterrupted             this write broke (bytes corrupted on the way) → retry
     │   └── StorageRejected                permission denied, no bucket → failed
     ├── StoreUnavailable                   the job store cannot be reached or is locked → retry
     ├── StoreUnusable                      the store is corrupt, read-only or forbidden → exit 1
@@ -209,6 +210,15 @@ class StorageUnavailable(StorageError):
     """
 
     code = "storage_unavailable"
+    retryable = True
+
+
+class StorageInterrupted(StorageError):
+    """One write went wrong in a way the next attempt need not repeat: the store received other
+    bytes than we sent, the upload or temp file vanished under us, a conflicting write. Retried from
+    the source within the asset's attempts (the destination itself is fine)."""
+
+    code = "storage_interrupted"
     retryable = True
 
 

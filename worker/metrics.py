@@ -64,6 +64,12 @@ class Metrics:
         self.stored_assets = Counter(
             "asset_worker_stored_assets", "Assets recorded stored", ["provider"], registry=r
         )
+        self.destination_waits = Counter(
+            "asset_worker_destination_waits",
+            "Jobs sent back to wait because the destination was full or unreachable, by error code",
+            ["code"],
+            registry=r,
+        )
         self.transfer_duration = Histogram(
             "asset_worker_transfer_duration_seconds",
             "Time to download, verify and publish one asset (a successful attempt)",

@@ -14,7 +14,10 @@ PROVIDERS: tuple[str, ...] = ("cloudlayer", "layers")
 
 # Upstream ids are opaque, but a key is also typed by people and passed in URLs and shell
 # commands: printable, no whitespace, bounded. Sanitising for the file system happens in naming.
-_UPSTREAM_ID = re.compile(r"^[^\s\x00-\x1f\x7f]{1,256}$")
+# No C0/C1 control characters, and no lone surrogates: JSON's "\ud800" escape produces them, and
+# they cannot be encoded as UTF-8, so the store could not write the key. The API document's key
+# pattern (worker/http/openapi.json) is this same class.
+_UPSTREAM_ID = re.compile(r"^[^\s\x00-\x1f\x7f-\x9f\ud800-\udfff]{1,256}$")
 
 
 class JobState(enum.StrEnum):

@@ -8,6 +8,13 @@ Shutdown has two phases. When ``stop`` is set the runner stops claiming and lets
 finish for up to ``grace_s``; what is still running then is cancelled, which removes temp files
 and releases the leases so another worker (or the next start) resumes those jobs at once.
 
+A store that becomes unusable (``StoreUnusable``: a damaged or read-only file), whether the claim
+loop, a renewal or a job finds it out, ends the run the same way: no more claims, in-flight work
+gets its grace period (a job ends at its next store write, which fails alike; one still running is
+cancelled, its temp file removed), then ``run`` raises the store's error for the command to report.
+Leases that could not be released expire, and a worker on the repaired store takes those jobs up
+again, the interrupted transfer's attempt counted as after a crash.
+
 A job canceled through the API loses its lease (the store drops it): the heartbeat's next renewal
 raises ``LeaseLost`` and the task is cancelled, which removes its temp file or aborts its upload.
 In the process that served the cancel, ``abandon`` does the same at once.
@@ -26,7 +33,7 @@ import structlog
 from worker.aio import shielded
 from worker.clock import Clock
 from worker.engine import Engine
-from worker.errors import LeaseLost, StoreUnavailable, WorkerError, describe
+from worker.errors import LeaseLost, StoreUnavailable, StoreUnusable, WorkerError, describe
 from worker.lease import Lease, Progress, current_progress, new_token
 from worker.models import Job, JobError, JobKey
 from worker.store.base import Phase, Store
@@ -79,6 +86,8 @@ class Runner:
         self._clock = clock
         self._active: dict[JobKey, _Active] = {}
         self._wake = asyncio.Event()
+        # The first StoreUnusable a job or a renewal ran into: the claim loop ends the run with it.
+        self._unusable: StoreUnusable | None = None
 
     @property
     def in_flight(self) -> int:
@@ -109,23 +118,41 @@ class Runner:
         return True
 
     async def run(self, *, stop: asyncio.Event, until_idle: bool = False) -> None:
-        """Work until ``stop`` is set (or, with ``until_idle``, until no job is left unfinished)."""
+        """Work until ``stop`` is set (or, with ``until_idle``, until no job is left unfinished).
+
+        Raises ``StoreUnusable``, after draining, when the store became unusable.
+        """
         log.info("runner_started", worker_id=self._settings.owner, until_idle=until_idle)
         async with asyncio.TaskGroup() as group:
             background = [group.create_task(self._heartbeat())]
             if self._housekeeping is not None:
                 background.append(group.create_task(self._housekeep(*self._housekeeping)))
             try:
-                await self._claim_loop(group, stop, until_idle)
+                # Caught here, not left to the TaskGroup: it would cancel in-flight jobs without
+                # their grace period and wrap the error in an ExceptionGroup.
+                with contextlib.suppress(StoreUnusable):
+                    await self._claim_loop(group, stop, until_idle)
                 await self._drain()
             finally:
                 for task in background:
                     task.cancel()
+        if self._unusable is not None:
+            log.error("runner_stopped", worker_id=self._settings.owner, error=self._unusable.code)
+            raise self._unusable
         log.info("runner_stopped", worker_id=self._settings.owner)
+
+    def _store_unusable(self, exc: StoreUnusable, **context: str) -> None:
+        """Note that the store refuses for good; the claim loop stops at its next turn."""
+        log.error("store_unusable", error=exc.message, **context)
+        if self._unusable is None:
+            self._unusable = exc
+        self._wake.set()
 
     async def _claim_loop(self, group: asyncio.TaskGroup, stop: asyncio.Event, until_idle: bool) -> None:
         store_was_down = False
         while not stop.is_set():
+            if self._unusable is not None:
+                raise self._unusable
             self._wake.clear()
             try:
                 if store_was_down:
@@ -135,6 +162,11 @@ class Runner:
                 claimed = await self._claim(group, Phase.TRANSFER, self._settings.concurrency)
                 claimed += await self._claim(group, Phase.POLL, self._settings.poll_concurrency)
                 count, next_due = await self._store.unfinished()
+            except StoreUnusable as exc:
+                # Waiting cannot help (a damaged or read-only file): stop claiming and let the
+                # command exit with the reason, rather than retry forever.
+                self._store_unusable(exc)
+                raise
             except Exception as exc:
                 # Keep running whatever the store says: it may come back (a locked file, a restarted
                 # or failed-over database), and a crash here would take every in-flight job with it.
@@ -212,6 +244,10 @@ class Runner:
         except StoreUnavailable as exc:
             # The lease will expire and the job comes back; nothing else to do from here.
             log.warning("store_unavailable", job=str(job.key), error=exc.message)
+        except StoreUnusable as exc:
+            # Not this job's fault, and nothing can be recorded for it (not even a retry_later):
+            # its lease expires, and the run ends.
+            self._store_unusable(exc, job=str(job.key))
         except Exception as exc:
             # A bug or an unexpected library error: record it, back off, never crash the runner.
             log.exception("job_crashed", job=str(job.key), error=describe(exc))
@@ -271,6 +307,8 @@ class Runner:
             task.cancel()
         except StoreUnavailable as exc:
             log.warning("store_unavailable", job=str(key), error=exc.message)
+        except StoreUnusable as exc:
+            self._store_unusable(exc, job=str(key))
         except Exception as exc:
             log.exception("lease_renewal_failed", job=str(key), error=describe(exc))
 

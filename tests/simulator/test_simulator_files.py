@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import hashlib
+import itertools
 import signal
 import sys
 import time
@@ -305,3 +306,21 @@ async def test_client_abandoning_a_download_leaves_the_server_healthy(
         assert response.status == 206
         assert await response.read() == content_bytes(job.seed, 10)
     assert [r.status for r in sim.requests()] == [200, 206]
+
+
+async def test_stall_body_fault_pauses_mid_body(sim: Simulator, http: aiohttp.ClientSession) -> None:
+    """stall_body sends half the file, nothing for delay_s, then the rest; the log counts the bytes."""
+    job = sim.add_cloudlayer_job(pending_s=0, size=200_000, seed=9)
+    sim.add_fault(route="files", kind="stall_body", delay_s=0.4, count=1)
+    arrivals: list[tuple[float, int]] = []
+    async with http.get(sim.file_url(job)) as response:
+        body = b""
+        async for piece in response.content.iter_any():
+            body += piece
+            arrivals.append((time.monotonic(), len(body)))
+    assert body == content_bytes(9, 200_000)
+    gaps = [(later[0] - earlier[0], earlier[1]) for earlier, later in itertools.pairwise(arrivals)]
+    longest, at = max(gaps)
+    assert longest >= 0.35 and at == 100_000
+    (record,) = sim.requests("files")
+    assert record.fault == "stall_body" and record.body_bytes == 200_000

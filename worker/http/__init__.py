@@ -6,5 +6,7 @@
 - ``health``: ``/healthz``, ``/readyz``, ``/metrics``, ``/openapi.json``
 - ``state``: what the handlers share (store, clock, metrics, the runner's hooks) and the limits
 - ``server``: the application (routes, middlewares) and serving it
+- ``protocol``: below the application: aiohttp's own refusals as JSON, the header timeout and the
+  connection cap
 - ``openapi.json``: the API's OpenAPI 3 document (package data; the tests check it against the routes)
 """

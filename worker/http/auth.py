@@ -29,7 +29,9 @@ def auth_middleware(token: str | None) -> Middleware:
             scheme, _, given = request.headers.get("Authorization", "").partition(" ")
             if scheme.lower() != "bearer" or not given.strip():
                 raise ApiError("unauthorized", "a bearer token is required", headers=_CHALLENGE)
-            if not hmac.compare_digest(given.strip().encode(), expected):
+            # aiohttp decodes header bytes that are not UTF-8 as surrogates; give them back as
+            # they came (a plain encode() would raise, and answer 500).
+            if not hmac.compare_digest(given.strip().encode("utf-8", "surrogateescape"), expected):
                 raise ApiError("unauthorized", "the bearer token is not valid", headers=_CHALLENGE)
         return await handler(request)
 

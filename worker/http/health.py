@@ -2,8 +2,9 @@
 
 - ``/healthz``: the process and its event loop are alive (answering at all proves the loop runs).
   It stays 200 while draining, so a liveness probe never kills a drain.
-- ``/readyz``: the store answers a ping within ``ping_timeout_s`` and the worker is not draining;
-  otherwise 503 with the reason's code (``draining``, ``store_unavailable``).
+- ``/readyz``: the worker is not draining, its destination is usable (``destination_ready``) and
+  the store answers a ping within ``ping_timeout_s``; otherwise 503 with the reason's code
+  (``draining``, ``destination_unavailable``, ``store_unavailable``), checked in that order.
 - ``/metrics``: Prometheus text; the queue gauges are read from the store first (bounded).
 - ``/openapi.json``: the OpenAPI 3 document shipped in this package.
 """
@@ -32,6 +33,10 @@ async def readyz(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     if service.draining():
         raise ApiError("draining", "the worker is draining: it claims no new work and will stop")
+    # Before the ping: a local answer, so a probe learns it without a store round trip (up to
+    # ping_timeout_s when the store hangs).
+    if not service.destination_ready():
+        raise ApiError("destination_unavailable", "the worker's destination cannot be written to now")
     try:
         async with asyncio.timeout(service.ping_timeout_s):
             await service.store.ping()

@@ -8,10 +8,11 @@ destination. A job's status object is exactly the ``status --json`` contract
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
-import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,17 +21,31 @@ from aiohttp import web
 from worker.config import parse_dest
 from worker.errors import ConfigError, InvalidJob
 from worker.http.errors import ApiError
-from worker.http.state import DEFAULT_PAGE, MAX_BODY_BYTES, MAX_JOBS_PER_REQUEST, MAX_PAGE, SERVICE
+from worker.http.state import (
+    DEFAULT_PAGE,
+    MAX_BODY_BYTES,
+    MAX_DEST_CHARS,
+    MAX_JOBS_PER_REQUEST,
+    MAX_PAGE,
+    SERVICE,
+)
 from worker.models import Job, JobKey, JobState
 from worker.statusview import job_to_json
 from worker.store.base import Cursor
 
-_MAX_CURSOR_CHARS = 1024
+# openapi.json states the same: urlsafe base64 without padding. The longest cursor encode_cursor
+# makes (a 256-character id of 4-byte characters) is about 1,440 characters.
+_CURSOR = re.compile(r"[A-Za-z0-9_-]{1,2048}")
+# A cursor's time is a submission time in epoch seconds; anything outside is not ours (and a
+# 400-digit integer would overflow the float the store compares with).
+_MAX_CURSOR_TIME = 1e11
+# ASCII digits only: str.isdigit() also accepts "²" and other digits int() refuses.
+_LIMIT = re.compile(r"[0-9]{1,4}")
 
 
 async def submit_jobs(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
-    body = await _read_json(request)
+    body = await _read_json(request, timeout_s=service.body_timeout_s)
     if not isinstance(body, dict):
         raise ApiError("invalid_request", 'the body must be a JSON object: {"jobs": [{"key": ...}]}')
     _no_unknown_fields(body, {"jobs"}, "the body")
@@ -62,10 +77,7 @@ async def submit_jobs(request: web.Request) -> web.Response:
         if raw_dest is not None:
             if not isinstance(raw_dest, str):
                 raise ApiError("invalid_request", f"{where}.dest must be a string or null")
-            try:
-                dest = parse_dest(raw_dest, base_url=service.dest_url).url
-            except ConfigError as exc:
-                raise ApiError("invalid_dest", f"{where}.dest: {exc.message}") from exc
+            dest = _dest(raw_dest, service.dest_url, where)
         wanted.append((key, dest))
     now = service.clock.now()
     results = []
@@ -129,30 +141,35 @@ async def cancel_job(request: web.Request) -> web.Response:
 
 def encode_cursor(job: Job) -> str:
     """Opaque to clients: where a page ended, as urlsafe base64 of the store's ``Cursor``."""
-    raw = json.dumps({"submitted_at": job.submitted_at, "key": str(job.key)}, separators=(",", ":"))
+    # UTF-8 rather than \u escapes: an id of 256 non-ASCII characters must still fit _CURSOR.
+    raw = json.dumps(
+        {"submitted_at": job.submitted_at, "key": str(job.key)}, separators=(",", ":"), ensure_ascii=False
+    )
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
 def decode_cursor(text: str) -> Cursor:
     invalid = ApiError("invalid_cursor", "the cursor is not one this API returned")
-    if not text or len(text) > _MAX_CURSOR_CHARS:
+    # urlsafe_b64decode would skip characters outside the alphabet rather than refuse them.
+    if not _CURSOR.fullmatch(text):
         raise invalid
     try:
         raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
         data = json.loads(raw)
-    except (binascii.Error, ValueError):
+    except (binascii.Error, ValueError, RecursionError):  # RecursionError: "[[[[..." nesting
         raise invalid from None
     if not isinstance(data, dict) or set(data) != {"submitted_at", "key"}:
         raise invalid
     submitted_at, key = data["submitted_at"], data["key"]
-    if (
-        isinstance(submitted_at, bool)
-        or not isinstance(submitted_at, int | float)
-        or not math.isfinite(submitted_at)
-        or not isinstance(key, str)
-    ):
+    # Compared, never converted: NaN fails both comparisons, and a huge int compares exactly.
+    in_range = isinstance(submitted_at, int | float) and 0 <= submitted_at <= _MAX_CURSOR_TIME
+    if isinstance(submitted_at, bool) or not in_range or not isinstance(key, str):
         raise invalid
-    return Cursor(submitted_at=float(submitted_at), key=key)
+    try:
+        job_key = JobKey.parse(key)  # the store compares it with keys: a NUL or surrogate must not reach it
+    except InvalidJob:
+        raise invalid from None
+    return Cursor(submitted_at=float(submitted_at), key=str(job_key))
 
 
 def _key(request: web.Request) -> JobKey:
@@ -170,12 +187,26 @@ async def _existing(request: web.Request) -> Job:
     return jobs[0]
 
 
-async def _read_json(request: web.Request) -> Any:
+def _dest(raw: str, base_url: str, where: str) -> str:
+    if len(raw) > MAX_DEST_CHARS:
+        raise ApiError("invalid_dest", f"{where}.dest is longer than {MAX_DEST_CHARS} characters")
+    try:
+        return parse_dest(raw, base_url=base_url).url
+    except ConfigError as exc:
+        raise ApiError("invalid_dest", f"{where}.dest: {exc.message}") from exc
+
+
+async def _read_json(request: web.Request, *, timeout_s: float) -> Any:
     # A declared length over the limit is refused before a byte is read; without one, aiohttp
     # stops reading at client_max_size (the same limit) and raises 413.
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         raise ApiError("body_too_large", f"the body is larger than {MAX_BODY_BYTES} bytes")
-    raw = await request.read()
+    # A client trickling its body would otherwise hold the connection (and a handler) forever.
+    try:
+        async with asyncio.timeout(timeout_s):
+            raw = await request.read()
+    except TimeoutError:
+        raise ApiError("request_timeout", f"the body did not arrive within {timeout_s:g} s") from None
     try:
         return json.loads(raw)
     except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError; "[[[[..." nesting
@@ -203,6 +234,6 @@ def _states(values: list[str]) -> list[JobState] | None:
 def _limit(values: list[str]) -> int:
     if not values:
         return DEFAULT_PAGE
-    if len(values) == 1 and values[0].isdigit() and 1 <= int(values[0]) <= MAX_PAGE:
+    if len(values) == 1 and _LIMIT.fullmatch(values[0]) and 1 <= int(values[0]) <= MAX_PAGE:
         return int(values[0])
     raise ApiError("invalid_limit", f"limit must be a whole number from 1 to {MAX_PAGE}")

@@ -12,6 +12,7 @@ from worker.errors import WorkerError
 from worker.http import health, jobs
 from worker.http.auth import auth_middleware
 from worker.http.errors import error_middleware
+from worker.http.protocol import GuardedRunner, handler_args
 from worker.http.state import MAX_BODY_BYTES, SERVICE, Service
 
 log = structlog.get_logger("worker.http")
@@ -40,15 +41,28 @@ def build_app(service: Service, *, api_token: str | None) -> web.Application:
 
 @asynccontextmanager
 async def serve(
-    service: Service, *, host: str, port: int, api_token: str | None
+    service: Service,
+    *,
+    host: str,
+    port: int,
+    api_token: str | None,
+    header_timeout_s: float = 10.0,
+    max_connections: int = 512,
 ) -> AsyncIterator[tuple[str, int]]:
     """Serve on ``host:port`` until the block exits; yields the address bound (port 0 picks one).
+
+    A connection that has not sent a whole request head within ``header_timeout_s`` is closed,
+    and beyond ``max_connections`` open ones a new connection is closed at once (defaults: the
+    settings' ``ASSET_WORKER_HTTP_HEADER_TIMEOUT_S`` and ``ASSET_WORKER_HTTP_MAX_CONNECTIONS``).
 
     A port that cannot be bound (in use, address not local) is a ``WorkerError`` with code
     ``listen_failed``: a runtime failure (exit 1, which systemd restarts), not a bad setting.
     """
-    runner = web.AppRunner(
-        build_app(service, api_token=api_token), access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S
+    runner = GuardedRunner(
+        build_app(service, api_token=api_token),
+        max_connections=max_connections,
+        handler_args=handler_args(header_timeout_s=header_timeout_s),
+        shutdown_timeout=SHUTDOWN_TIMEOUT_S,
     )
     await runner.setup()
     try:

@@ -18,6 +18,8 @@ MAX_BODY_BYTES = 1 << 20
 MAX_JOBS_PER_REQUEST = 1000
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000
+# A job's own destination: a path or URL of a few segments below the worker's (openapi.json).
+MAX_DEST_CHARS = 1024
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -29,9 +31,14 @@ class Service:
     draining: Callable[[], bool]
     wake: Callable[[], None] = lambda: None  # a job was submitted: claim now
     abandon: Callable[[JobKey], object] = lambda _key: None  # a job was canceled: stop local work
+    # False: the worker cannot store anything now, so /readyz answers 503 destination_unavailable.
+    # Called on every probe, from the event loop: it must answer at once, without I/O.
+    destination_ready: Callable[[], bool] = lambda: True
     # Readiness and metrics answer within these even when the store hangs.
     ping_timeout_s: float = 2.0
     stats_timeout_s: float = 2.0
+    # A submit's body (at most MAX_BODY_BYTES) must arrive within this, or the answer is 408.
+    body_timeout_s: float = 30.0
 
 
 SERVICE = web.AppKey("asset_worker_service", Service)

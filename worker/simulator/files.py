@@ -2,11 +2,14 @@
 
 Bodies are streamed from ``content.iter_content`` in 1 MiB writes, so a GiB asset costs flat memory and
 moves at loopback speed. Single ``Range`` requests are honoured (206/416) so resumed downloads can be
-tested, and the file-only faults (truncate, wrong_bytes, short_body, expired, replaced) are applied here.
+tested, and the file-only faults (truncate, wrong_bytes, short_body, expired, replaced, stall_body) are
+applied here. ``stall_body`` sends half the body, then nothing for ``delay_s``, then the rest: a file host
+that stalls mid-transfer.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 from dataclasses import dataclass
@@ -17,7 +20,7 @@ from aiohttp import web
 from worker.simulator.content import iter_content
 from worker.simulator.faults import FaultRule
 from worker.simulator.filestore import FileEntry
-from worker.simulator.middleware import ERROR_RENDERERS_KEY, FAULT_KEY
+from worker.simulator.middleware import ERROR_RENDERERS_KEY, FAULT_KEY, RECORD_KEY
 from worker.simulator.state import STATE_KEY
 
 __all__ = ["ByteRange", "RangeNotSatisfiable", "parse_range", "s3_error", "setup_files"]
@@ -113,20 +116,37 @@ async def _stream(
 ) -> web.StreamResponse:
     """Write ``span`` of the content, damaged as the fault rule says; a vanished client ends it quietly."""
     response.content_length = span.stop - span.start
-    await response.prepare(request)
+    try:
+        await response.prepare(request)
+    except ConnectionError:
+        return response  # the client went away before the headers (a killed worker)
     if request.method == "HEAD":
         return response
     kind = rule.kind if rule is not None else None
     half = span.start + (span.stop - span.start) // 2
     stop = half if kind == "truncate" else span.stop
     flip_at = half if kind == "wrong_bytes" and span.stop > span.start else None
+    stall_at = half if kind == "stall_body" and rule is not None else None
     position = span.start
+    record = request.get(RECORD_KEY)
+
+    async def send(data: bytes) -> None:
+        nonlocal position
+        await response.write(data)
+        position += len(data)
+        if record is not None:
+            record.body_bytes += len(data)
+
     try:
         for chunk in iter_content(seed, stop, span.start, _WRITE_SIZE):
             if flip_at is not None and position <= flip_at < position + len(chunk):
                 chunk = _flip_byte(chunk, flip_at - position)
-            await response.write(chunk)
-            position += len(chunk)
+            if stall_at is not None and rule is not None and position <= stall_at < position + len(chunk):
+                cut = stall_at - position
+                await send(chunk[:cut])
+                await asyncio.sleep(rule.delay_s)
+                chunk, stall_at = chunk[cut:], None
+            await send(chunk)
         if kind == "truncate" and request.transport is not None:
             # close() (not abort) flushes the half already written, then FIN: Content-Length is left unmet.
             request.transport.close()

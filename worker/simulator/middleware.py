@@ -25,6 +25,7 @@ from worker.simulator.state import STATE_KEY, SimulatorState
 __all__ = [
     "ERROR_RENDERERS_KEY",
     "FAULT_KEY",
+    "RECORD_KEY",
     "ErrorRenderer",
     "abort_connection",
     "upstream_middleware",
@@ -39,6 +40,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # Keyed by route family: the part of the route name before the first dot ("cloudlayer", "files").
 ERROR_RENDERERS_KEY = web.AppKey("simulator_error_renderers", dict[str, ErrorRenderer])
 FAULT_KEY = web.RequestKey("simulator_fault", FaultRule)
+# The record of the request being answered, so the file host can count the body bytes it sent.
+RECORD_KEY = web.RequestKey("simulator_record", RequestRecord)
 _CONTROL_PREFIX = "sim."
 
 
@@ -113,6 +116,7 @@ async def upstream_middleware(request: web.Request, handler: Handler) -> web.Str
         range=request.headers.get("Range"),
     )
     state.log.append(record)
+    request[RECORD_KEY] = record
     rule = None
     if route is not None:
         paths = (raw_path, request.path)

@@ -31,6 +31,7 @@ class RequestRecord:
     range: str | None = None
     fault: str | None = None
     ended_t: float | None = None  # when the answer was complete or abandoned; None while in progress
+    body_bytes: int = 0  # body bytes the file host handed to the connection (what a client could read)
 
     def to_json(self) -> dict[str, object]:
         """The record as ``GET /_sim/requests`` shows it."""

@@ -20,38 +20,49 @@ from typing import Any
 import aiofiles
 import structlog
 
-from worker.errors import StorageError, StorageRejected, StorageUnavailable
+from worker.errors import StorageError, StorageInterrupted, StorageRejected, StorageUnavailable
 from worker.sinks.base import Committed
 
 log = structlog.get_logger("worker.sinks.file")
 
 TEMP_SUFFIX = ".part"
 
-# Errors that may go away by themselves (space freed, device back); everything else is a
-# configuration problem an operator must fix. ENOENT is here because a temp file removed under us
-# (by a worker that took the job over) is a reason to try again, not a broken destination.
-_TRANSIENT_ERRNOS = frozenset(
-    {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EAGAIN, errno.EBUSY, errno.EMFILE, errno.ENOENT}
-)
+# The destination is full or down: it may come back by itself (space freed, device back, a
+# read-only remount undone), so the job waits for it instead of failing.
+_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+_DOWN_ERRNOS = frozenset({errno.EIO, errno.EAGAIN, errno.EBUSY, errno.EMFILE, errno.ENFILE, errno.EROFS})
+# This one write went wrong: a temp file removed under us (by a worker that took the job over) is
+# a reason to try the asset again, not a broken destination.
+_INTERRUPTED_ERRNOS = frozenset({errno.ENOENT})
 _TEMP_TOKEN_HEX = 12
+# Kept free beyond an asset's announced size (the file system's own metadata, and room for the
+# store and logs that often share the disk): 1 % of the file system, at most this.
+FREE_SPACE_MARGIN_MAX_BYTES = 64 << 20
 
 
 def translate_os_error(exc: OSError, key: str) -> StorageError:
-    """Map an ``OSError`` to the exception tree (one boundary for every file operation)."""
+    """Map an ``OSError`` to the exception tree (one boundary for every file operation); anything
+    not known to heal is a configuration problem an operator must fix (permissions, a file where a
+    directory should be)."""
     detail = f"{key}: {exc.strerror or exc}"
-    if exc.errno in _TRANSIENT_ERRNOS:
+    if exc.errno in _FULL_ERRNOS:
+        return StorageUnavailable(f"cannot write {detail}", key=key, code="disk_full")
+    if exc.errno in _DOWN_ERRNOS:
         return StorageUnavailable(f"cannot write {detail}", key=key, code="storage_unavailable")
+    if exc.errno in _INTERRUPTED_ERRNOS:
+        return StorageInterrupted(f"cannot write {detail}", key=key, code="storage_interrupted")
     return StorageRejected(f"cannot write {detail}", key=key, code="storage_rejected")
 
 
 class FileUpload:
     """One asset being written to a temp file; see the module docstring."""
 
-    def __init__(self, key: str, final: Path, temp: Path, handle: Any) -> None:
+    def __init__(self, key: str, final: Path, temp: Path, handle: Any, space: SpaceBook) -> None:
         self.key = key
         self._final = final
         self._temp = temp
         self._handle = handle
+        self._space = space
         self._closed = False
         self._committed = False
 
@@ -60,6 +71,7 @@ class FileUpload:
             await self._handle.write(chunk)
         except OSError as exc:
             raise translate_os_error(exc, self.key) from exc
+        self._space.wrote(self, len(chunk))
 
     async def restart(self) -> None:
         try:
@@ -81,6 +93,7 @@ class FileUpload:
         return Committed(uri=self._final.as_uri())
 
     async def abort(self) -> None:
+        self._space.release(self)
         if self._committed:
             return
         with contextlib.suppress(OSError):
@@ -89,9 +102,36 @@ class FileUpload:
             await asyncio.to_thread(self._temp.unlink)
 
     async def _close(self) -> None:
+        self._space.release(self)
         if not self._closed:
             self._closed = True
             await self._handle.close()
+
+
+class SpaceBook:
+    """Free space promised to uploads in progress, so that eight transfers starting together on a
+    nearly full disk do not each see room for themselves and all run into ENOSPC halfway.
+
+    Each upload reserves its announced size when it opens; what it has written since no longer
+    needs reserving (the file system counts it), and it releases the rest when it ends.
+    """
+
+    def __init__(self) -> None:
+        self._outstanding: dict[object, int] = {}
+
+    def reserved(self) -> int:
+        return sum(self._outstanding.values())
+
+    def reserve(self, upload: object, size: int) -> None:
+        self._outstanding[upload] = size
+
+    def wrote(self, upload: object, count: int) -> None:
+        left = self._outstanding.get(upload)
+        if left is not None:
+            self._outstanding[upload] = max(left - count, 0)
+
+    def release(self, upload: object) -> None:
+        self._outstanding.pop(upload, None)
 
 
 def _replace_durably(temp: Path, final: Path) -> None:
@@ -115,6 +155,7 @@ class FileSink:
 
     def __init__(self, root: Path) -> None:
         self.root = root.absolute()
+        self._space = SpaceBook()
 
     def uri_for(self, key: str) -> str:
         return self._final_path(key).as_uri()
@@ -134,10 +175,16 @@ class FileSink:
         temp = final.with_name(f".{final.name}.{secrets.token_hex(_TEMP_TOKEN_HEX // 2)}{TEMP_SUFFIX}")
         try:
             await asyncio.to_thread(self._prepare_dir, final)
+            if expected_size is not None:
+                # Before a byte is fetched: a download that cannot fit would only fill the disk.
+                await asyncio.to_thread(self._check_room, key, final.parent, expected_size)
             handle = await aiofiles.open(temp, "xb")
         except OSError as exc:
             raise translate_os_error(exc, key) from exc
-        return FileUpload(key, final, temp, handle)
+        upload = FileUpload(key, final, temp, handle, self._space)
+        if expected_size is not None:
+            self._space.reserve(upload, expected_size)
+        return upload
 
     async def close(self) -> None:
         return None
@@ -159,6 +206,18 @@ class FileSink:
         final.parent.mkdir(parents=True, exist_ok=True)
         self._check_inside(final.parent)
         self._remove_orphaned_temps(final)
+
+    def _check_room(self, key: str, directory: Path, size: int) -> None:
+        stats = os.statvfs(directory)
+        free = stats.f_bavail * stats.f_frsize - self._space.reserved()
+        margin = min(FREE_SPACE_MARGIN_MAX_BYTES, stats.f_blocks * stats.f_frsize // 100)
+        if free < size + margin:
+            raise StorageUnavailable(
+                f"cannot write {key}: {size} bytes do not fit in the {max(free, 0)} bytes free on "
+                f"{self.root} (keeping {margin} bytes spare)",
+                key=key,
+                code="disk_full",
+            )
 
     def _check_inside(self, directory: Path) -> None:
         real_root = os.path.realpath(self.root)

@@ -4,10 +4,15 @@ Most specific first: the S3 error code when the store sent one, then the HTTP st
 botocore exception class. ``StorageUnavailable`` (retryable) is for what may heal by itself:
 throttling, 5xx, the network, expiring credentials, a part upload that vanished, and ``BadDigest``.
 
+``StorageUnavailable`` means the destination is down (the network, 5xx, throttling, credentials
+that cannot be had right now): the job waits for it without spending attempts. What went wrong with
+one write only (``BadDigest``, an upload that vanished, a conflicting write) is
+``StorageInterrupted``, retried from the source within the asset's attempts.
+
 ``BadDigest`` means the store received bytes whose sha256 differs from the one we computed from
 the very bytes we sent: corruption between this process and the store. botocore is configured not
 to retry it on its own (standard mode does not; legacy mode retried it four times); it surfaces
-as ``StorageUnavailable`` with code ``storage_checksum_mismatch`` so the asset is retried from the
+as ``StorageInterrupted`` with code ``storage_checksum_mismatch`` so the asset is retried from the
 source by the engine's bounded retries. It deliberately does not reuse ``checksum_mismatch``,
 which names a vendor's file that does not match its published digest.
 """
@@ -17,7 +22,7 @@ from __future__ import annotations
 import aiohttp
 import botocore.exceptions
 
-from worker.errors import StorageError, StorageRejected, StorageUnavailable, describe
+from worker.errors import StorageError, StorageInterrupted, StorageRejected, StorageUnavailable, describe
 
 # S3 error codes → our stable codes. Anything not listed falls back on the HTTP status.
 _REJECTED: dict[str, str] = {
@@ -39,9 +44,17 @@ _REJECTED: dict[str, str] = {
     "RequestTimeTooSkewed": "clock_skew",
     "PreconditionFailed": "object_exists",
 }
-_UNAVAILABLE: dict[str, str] = {
+# This write went wrong; the destination is fine: retried within the asset's attempts.
+_INTERRUPTED: dict[str, str] = {
     "BadDigest": "storage_checksum_mismatch",
     "XAmzContentSHA256Mismatch": "storage_checksum_mismatch",
+    # Our upload was aborted under us (another replica's janitor, a lifecycle rule): start over.
+    "NoSuchUpload": "upload_vanished",
+    "OperationAborted": "storage_conflict",
+    "ConditionalRequestConflict": "storage_conflict",
+}
+# The destination is down or refusing for now: the job waits without spending attempts.
+_UNAVAILABLE: dict[str, str] = {
     "SlowDown": "storage_throttled",
     "Throttling": "storage_throttled",
     "ThrottlingException": "storage_throttled",
@@ -50,13 +63,9 @@ _UNAVAILABLE: dict[str, str] = {
     "RequestTimeout": "storage_timeout",
     "InternalError": "storage_unavailable",
     "ServiceUnavailable": "storage_unavailable",
-    # Our upload was aborted under us (another replica's janitor, a lifecycle rule): start over.
-    "NoSuchUpload": "upload_vanished",
     "ExpiredToken": "credentials_expired",
     "ExpiredTokenException": "credentials_expired",
     "TokenRefreshRequired": "credentials_expired",
-    "OperationAborted": "storage_conflict",
-    "ConditionalRequestConflict": "storage_conflict",
 }
 # What a store answers when it does not understand a header we sent (checksums, If-None-Match).
 _FEATURE_REJECTIONS = frozenset({"NotImplemented", "InvalidArgument", "InvalidRequest", "UnsupportedHeader"})
@@ -110,6 +119,8 @@ def translate(exc: Exception, *, action: str, key: str) -> StorageError:
 def _translate_client_error(exc: botocore.exceptions.ClientError, message: str, key: str) -> StorageError:
     code = error_code(exc) or ""
     status = http_status(exc)
+    if code in _INTERRUPTED:
+        return StorageInterrupted(message, key=key, code=_INTERRUPTED[code])
     if code in _UNAVAILABLE:
         return StorageUnavailable(message, key=key, code=_UNAVAILABLE[code])
     if code in _REJECTED:

@@ -74,11 +74,12 @@ def parse_s3_url(url: str) -> tuple[str, str]:
     """``s3://bucket/some/prefix/`` → ``("bucket", "some/prefix")``; raises ``ConfigError``."""
     try:
         parts = urlsplit(url.strip())
+        port = parts.port  # a property that raises ValueError for "s3://bucket:x"
     except ValueError as exc:
         raise ConfigError(f"destination {url!r} is not a URL") from exc
     if parts.scheme.lower() != "s3":
         raise ConfigError(f"destination {url!r} is not an s3:// URL")
-    if parts.query or parts.fragment or parts.username or parts.password or parts.port:
+    if parts.query or parts.fragment or parts.username or parts.password or port:
         raise ConfigError(f"destination {url!r}: an s3:// URL is only s3://bucket/prefix")
     bucket = parts.netloc
     if not _BUCKET.match(bucket) or ".." in bucket:

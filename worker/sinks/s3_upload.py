@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from worker.aio import shielded
-from worker.errors import StorageRejected, StorageUnavailable
+from worker.errors import StorageInterrupted, StorageRejected
 from worker.sinks.base import Committed
 from worker.sinks.s3_bucket import Bucket, ObjectInfo, Written
 from worker.sinks.s3_parts import MAX_PARTS, part_size_at
@@ -85,7 +85,7 @@ class _Multipart:
         self._tasks -= done
         for task in done:
             if task.cancelled():
-                cancelled = StorageUnavailable(f"a part upload of {self.key} was cancelled", key=self.key)
+                cancelled = StorageInterrupted(f"a part upload of {self.key} was cancelled", key=self.key)
                 self._failure = self._failure or cancelled
             elif (exc := task.exception()) is not None:
                 self._failure = self._failure or exc
@@ -237,7 +237,7 @@ class S3Upload:
     async def commit(self, *, size: int, sha256: str) -> Committed:
         self._ensure_open()
         if size != self._size:
-            raise StorageUnavailable(
+            raise StorageInterrupted(
                 f"{self.key}: {self._size} bytes written but {size} verified",
                 key=self.key,
                 code="storage_size_mismatch",
@@ -247,7 +247,7 @@ class S3Upload:
         if existing is not None and identical(existing, size, sha256):
             return await self._already_present(existing)
         if self._present:
-            raise StorageUnavailable(
+            raise StorageInterrupted(
                 f"{self.key}: the identical object found at open is gone; the asset must be uploaded",
                 key=self.key,
                 code="object_changed",

@@ -12,8 +12,9 @@ async def open_store(url: str, *, pool_size: int = 10) -> Store:
     """Open the store named by ``url``: ``sqlite:///relative.db``, ``sqlite:////absolute.db`` or
     ``postgresql://user:password@host:5432/database`` (``pool_size`` connections).
 
-    Raises ``ConfigError`` for a malformed URL or a scheme no backend serves, and
-    ``StoreUnavailable`` when the backend cannot be reached.
+    Raises ``ConfigError`` for a malformed URL or a scheme no backend serves,
+    ``StoreUnavailable`` when the backend cannot be reached (yet), and ``StoreUnusable`` when it
+    never will be as it stands (a SQLite file that is damaged, not a database, or read-only).
     """
     if store_kind(url) == "postgresql":
         # Imported here so a SQLite-only installation never loads the PostgreSQL driver.

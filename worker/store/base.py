@@ -12,6 +12,10 @@ worker that lost its lease can never overwrite its successor's progress.
 
 All times are UNIX seconds (float) passed in by the caller: the store never reads a clock, which
 keeps schedules testable.
+
+Failures of the backend itself are ``StoreUnavailable`` when they may pass (a lock held too long, a
+full disk, a database restarting: callers wait and try again) and ``StoreUnusable`` when they will
+not (a SQLite file that is damaged, not a database or read-only: commands stop and say so).
 """
 
 from __future__ import annotations
@@ -157,6 +161,14 @@ class Store(Protocol):
         self, key: JobKey, *, owner: str, now: float, due_at: float, error: JobError | None = None
     ) -> None:
         """Keep the state, set ``due_at``, remember the last error, drop the lease."""
+        ...
+
+    async def postpone(self, key: JobKey, *, owner: str, now: float, due_at: float, error: JobError) -> None:
+        """The destination is full or unreachable: the job waits until ``due_at`` without spending
+        its attempts. Keeps the state, sets ``due_at``, records ``error`` as the job's error, drops
+        the lease, and gives back the attempt a transfer claim counted (a ``downloading`` job's
+        ``attempts`` goes down by one, never below 0). Assets are untouched. ``LeaseLost`` if the
+        job is not leased to ``owner``."""
         ...
 
     async def release(self, key: JobKey, *, owner: str, now: float) -> None:

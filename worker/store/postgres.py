@@ -349,6 +349,21 @@ class PostgresStore:
             *error_columns(error),
         )
 
+    async def postpone(self, key: JobKey, *, owner: str, now: float, due_at: float, error: JobError) -> None:
+        # The destination, not the job, is at fault: the attempt the transfer claim counted is
+        # given back (as release does), so waiting out a full disk never fails a job.
+        await self._update_leased(
+            key,
+            owner,
+            """due_at = $3, updated_at = $4, error_code = $5, error_message = $6,
+               attempts = CASE WHEN state = 'downloading' AND attempts > 0
+                               THEN attempts - 1 ELSE attempts END,
+               lease_owner = NULL, lease_expires_at = NULL""",
+            due_at,
+            now,
+            *error_columns(error),
+        )
+
     # -- assets -----------------------------------------------------------------------------
 
     async def update_asset(self, key: JobKey, *, owner: str, ref: AssetRef) -> None:
@@ -509,6 +524,10 @@ class PostgresStore:
         other error the server reports (a full disk, a revoked privilege, a read-only standby
         after a failover): the worker must back off and carry on, never crash, whatever the
         database says. ``read_only`` reads see one snapshot (a job and its assets from one commit).
+
+        Nothing here is ``StoreUnusable``: on a shared server a revoked privilege or a dropped table
+        is one operator's change that another undoes while every replica waits, and a restarted
+        replica would only re-run the migrations (recreating a dropped schema, empty).
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (self._retry_window_s if retry else 0.0)

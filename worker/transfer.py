@@ -126,8 +126,10 @@ async def fetch_to_sink(
 
     ``before_commit`` runs after verification and before the object becomes visible (the lease
     fence). Raises ``SourceExpired`` (403/404/410: refresh the URL), ``UpstreamUnavailable``
-    (429/5xx or no connection), ``IncompleteTransfer`` or ``IntegrityError``. Whatever happens,
-    nothing is left under the key unless it verified.
+    (429/5xx or no connection), ``IncompleteTransfer``/``TransferStalled``, ``IntegrityError``,
+    ``DestinationBlocked`` (refused scheme, address or redirect), ``AssetTooLarge``, or what the
+    sink raises (``StorageError``). Whatever happens, nothing is left under the key unless it
+    verified.
     """
     digest = Digest()
     upload: Upload | None = None

@@ -14,19 +14,22 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from aiohttp import web
 
 from tests.conftest import SettingsFactory
 from tests.http_support import serving
 from tests.s3server import S3Server, s3_settings
 from tests.security.hostile import Hostile, allowing, hostile_settings
-from tests.security.smalldisk import fill, small_disk
+from tests.security.smalldisk import fill, free_bytes, small_disk
 from tests.security.tcpproxy import switchable_proxy
 from worker.app import Worker
 from worker.config import Settings
+from worker.errors import StorageUnavailable
 from worker.models import Job, JobKey, JobState
 from worker.simulator.app import Simulator
 from worker.simulator.content import content_sha256
+from worker.sinks.file import FileSink
 
 MIB = 1 << 20
 
@@ -210,3 +213,29 @@ async def test_an_unreachable_s3_pauses_jobs_until_it_returns(
             assert hashlib.sha256(await body.read()).hexdigest() == content_sha256(sim_job.seed, sim_job.size)
     uploads = await s3_client.list_multipart_uploads(Bucket=s3_server.bucket, Prefix=prefix)
     assert not uploads.get("Uploads")
+
+
+async def test_the_file_sink_refuses_what_cannot_fit_before_writing(tmp_path: Path) -> None:
+    """Opening an upload announced larger than the free space (less 1 % spare) fails disk_full
+    before any temp file exists; uploads in progress keep what they were promised, less what they
+    have written, so two large transfers cannot both start on room for one."""
+    with small_disk(tmp_path / "disk", 16 * MIB) as disk:
+        sink = FileSink(disk / "assets")
+        free = free_bytes(disk)
+        with pytest.raises(StorageUnavailable) as caught:
+            await sink.open("a/too-big.bin", content_type=None, expected_size=free, expected_sha256=None)
+        assert caught.value.code == "disk_full"
+        assert files(disk / "assets") == []
+        first = await sink.open("a/one.bin", content_type=None, expected_size=10 * MIB, expected_sha256=None)
+        with pytest.raises(StorageUnavailable):
+            await sink.open("a/two.bin", content_type=None, expected_size=10 * MIB, expected_sha256=None)
+        await first.write(b"x" * 4 * MIB)  # written bytes count on the disk, no longer as a promise
+        # 16 MiB: 4 written, 6 still promised, so 5 more fit and 7 do not.
+        with pytest.raises(StorageUnavailable):
+            await sink.open("a/two.bin", content_type=None, expected_size=7 * MIB, expected_sha256=None)
+        second = await sink.open("a/two.bin", content_type=None, expected_size=5 * MIB, expected_sha256=None)
+        await first.abort()  # its promise ends with it, and its bytes are gone
+        third = await sink.open("a/three.bin", content_type=None, expected_size=9 * MIB, expected_sha256=None)
+        await second.abort()
+        await third.abort()
+        assert files(disk / "assets") == []

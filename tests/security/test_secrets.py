@@ -114,3 +114,13 @@ def test_userinfo_and_queries_are_stripped_from_any_url_in_text() -> None:
     cleaned = strip_queries(text)
     assert "p4ss" not in cleaned and "s1" not in cleaned and "pw@" not in cleaned
     assert "https://***@files.example/a.pdf" in cleaned and "postgresql://***@db/q" in cleaned
+
+
+def test_a_secret_is_masked_in_its_url_encoded_form_too() -> None:
+    """A key with URL-special characters echoed percent-encoded (in a path, say) is masked too."""
+    from worker.redaction import mask, register_secrets
+
+    register_secrets(["tok+en/with=chars"])
+    assert mask("GET /v1/keys/tok%2Ben%2Fwith%3Dchars/check and tok+en/with=chars") == (
+        "GET /v1/keys/***/check and ***"
+    )

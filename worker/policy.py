@@ -93,10 +93,12 @@ def is_expired_source_status(status: int) -> bool:
 
 
 class SpeedFloor:
-    """Whether a stream keeps to a minimum speed: ``min_bps * window_s`` bytes must arrive within
-    ``window_s`` of the last time that quota was met (or of the start). A stream that falls below
-    the floor for a whole window misses its deadline; a faster one never sees it. ``min_bps`` 0
-    turns the floor off.
+    """Whether a stream keeps to a minimum speed, in fixed windows: at least ``min_bps * window_s``
+    bytes must arrive in every ``window_s`` (time paused for something other than the stream, such
+    as a slow destination, does not count). ``min_bps`` 0 turns the floor off.
+
+    Counting a piece is one addition; the clock is read only when a window ends (``check``), so
+    the floor costs nothing per piece of a fast stream.
     """
 
     def __init__(self, *, min_bps: int, window_s: float, now: float) -> None:
@@ -104,24 +106,41 @@ class SpeedFloor:
         self._window_s = window_s
         self._start = now
         self._bytes = 0
+        self._paused_at: float | None = None
 
     def deadline(self) -> float | None:
-        """The loop time by which the current quota must be met (None: no floor)."""
+        """When the current window ends (None: no floor)."""
         return None if self._quota <= 0 else self._start + self._window_s
 
-    def exclude(self, seconds: float) -> None:
-        """Do not count ``seconds`` against the stream (it was not the stream we waited for)."""
-        self._start += seconds
-
-    def add(self, count: int, now: float) -> bool:
-        """Count ``count`` bytes that arrived at ``now``; True when the stream fell below the floor."""
-        if self._quota <= 0:
-            return False
+    def add(self, count: int) -> None:
         self._bytes += count
-        if self._bytes >= self._quota:
-            self._start, self._bytes = now, 0
+
+    def pause(self, now: float) -> None:
+        """Stop counting time (the stream is not being read, through no fault of its own)."""
+        self._paused_at = now
+
+    def resume(self, now: float) -> None:
+        if self._paused_at is not None:
+            self._start += now - self._paused_at
+            self._paused_at = None
+
+    def check(self, now: float) -> bool:
+        """At or after the deadline: True when the window ended short of its quota (a stall);
+        otherwise a new window starts. Before the deadline, or while paused: False."""
+        deadline = self.deadline()
+        if deadline is None or self._paused_at is not None or now < deadline:
             return False
-        return now > self._start + self._window_s
+        if self._bytes < self._quota:
+            return True
+        self._start, self._bytes = now, 0
+        return False
+
+    def next_check(self, now: float) -> float:
+        """When to ``check`` again: the window's end, or a window from now while paused."""
+        deadline = self.deadline()
+        if deadline is None or self._paused_at is not None or deadline <= now:
+            return now + self._window_s
+        return deadline
 
     def describe(self) -> str:
         rate = self._quota / self._window_s

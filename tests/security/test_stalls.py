@@ -88,17 +88,23 @@ async def test_a_slow_host_above_the_floor_finishes(hostile: Hostile, tmp_path: 
     assert ranges == [None]
 
 
-def test_the_floor_is_met_by_a_quota_per_window() -> None:
-    """The quota (min_bps x window) met within the window restarts the window; a window that ends
-    short of it is a stall; 0 bytes/s is no floor at all."""
+def test_the_floor_checks_a_quota_per_window() -> None:
+    """Each window must bring min_bps x window_s bytes; a window short of it is a stall; time
+    paused (waiting on the destination) moves the window on; 0 bytes/s is no floor at all."""
     floor = SpeedFloor(min_bps=100, window_s=10, now=0)
     assert floor.deadline() == 10
-    assert not floor.add(999, now=9)  # 999 of 1000 in 9 s
-    assert not floor.add(1, now=9.5)  # quota met: a new window from 9.5
-    assert floor.deadline() == 19.5
-    assert not floor.add(500, now=19)
-    assert floor.add(1, now=19.6)  # the window ended with 501 of 1000
-    floor.exclude(5)  # time spent waiting on the destination does not count
-    assert floor.deadline() == 24.5
+    floor.add(999)
+    assert not floor.check(now=9)  # before the window ends nothing is decided
+    floor.add(1)
+    assert not floor.check(now=10)  # 1000 of 1000: a new window from 10
+    assert floor.deadline() == 20 and floor.next_check(now=10) == 20
+    floor.add(500)
+    floor.pause(now=12)
+    assert not floor.check(now=21) and floor.next_check(now=21) == 31  # paused: look again later
+    floor.resume(now=17)  # five seconds on the destination's account
+    assert floor.deadline() == 25
+    assert not floor.check(now=24)
+    assert floor.check(now=25)  # the window ended with 500 of 1000
     off = SpeedFloor(min_bps=0, window_s=10, now=0)
-    assert off.deadline() is None and not off.add(0, now=1e9)
+    off.add(0)
+    assert off.deadline() is None and not off.check(now=1e9)

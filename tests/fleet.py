@@ -65,8 +65,13 @@ class Fleet:
                 pytest.fail(f"{replica.name} exited with {code}:\n{tail}")
 
     async def stop(self) -> dict[str, int]:
-        """SIGTERM every live replica; their exit codes."""
+        """SIGTERM every live replica once it runs (a replica still importing has no handler yet
+        and would die of the signal, which says nothing about the drain); their exit codes."""
         codes: dict[str, int] = {}
+        async with asyncio.timeout(60):
+            while not all(_started(replica) for replica in self.alive):
+                self.check()
+                await asyncio.sleep(0.05)
         for replica in self.alive:
             replica.proc.send_signal(signal.SIGTERM)
         for replica in self.alive:
@@ -77,6 +82,11 @@ class Fleet:
         for replica in self.alive:
             replica.proc.kill()
             await replica.proc.wait()
+
+
+def _started(replica: Replica) -> bool:
+    """Whether the replica's runner started (its signal handlers are installed by then)."""
+    return '"runner_started"' in replica.log_path.read_text(errors="replace")
 
 
 @contextlib.asynccontextmanager

@@ -112,6 +112,7 @@ def _install_faults(sim: Simulator, rng: random.Random, plan: Plan) -> None:
         {"route": "layers.*", "kind": "status", "status": 429, "retry_after": "0.2", "probability": 0.03},
         {"route": "layers.*", "kind": "status", "status": 503, "probability": 0.03},
         {"route": "files", "kind": "reset", "probability": 0.02},
+        {"route": "files", "kind": "reset_body", "probability": 0.02},
         {"route": "files", "kind": "truncate", "probability": 0.03},
         {"route": "files", "kind": "stall_body", "delay_s": 2.5, "probability": 0.01},
         {"route": "files", "kind": "stall", "delay_s": 0.5, "probability": 0.02},
@@ -119,6 +120,9 @@ def _install_faults(sim: Simulator, rng: random.Random, plan: Plan) -> None:
     ]
     for rule in rules:
         sim.add_fault(**rule, seed=rng.getrandbits(32))
+    # Bursts: the next few answers of a route all fail, as during an incident upstream.
+    for route, status in (("cloudlayer.job", 503), ("layers.container", 502), ("files", 500)):
+        sim.add_fault(route=route, kind="status", status=status, count=6)
     for asset_id in rng.sample(plan.checksummed, 8):
         sim.add_fault(route="files", kind="wrong_bytes", match=asset_id, count=1)
 

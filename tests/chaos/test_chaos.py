@@ -1,5 +1,5 @@
 """Chaos: 500 jobs across both providers through a simulator that fails at random (429 with
-Retry-After, 5xx, resets before and in the middle of bodies, stalled headers and bodies,
+Retry-After, 5xx alone and in bursts, resets before and in the middle of bodies, stalled headers and bodies,
 truncation, wrong bytes once, expired URLs), while worker processes are SIGKILLed at random moments
 and replaced, the disk fills and empties (SQLite, two processes), or the database restarts and S3
 goes away for a while (PostgreSQL, three replicas).

@@ -324,3 +324,17 @@ async def test_stall_body_fault_pauses_mid_body(sim: Simulator, http: aiohttp.Cl
     assert longest >= 0.35 and at == 100_000
     (record,) = sim.requests("files")
     assert record.fault == "stall_body" and record.body_bytes == 200_000
+
+
+async def test_reset_body_fault_resets_mid_body(sim: Simulator, http: aiohttp.ClientSession) -> None:
+    """reset_body sends half the file, then resets the connection: the client sees a broken body."""
+    job = sim.add_cloudlayer_job(pending_s=0, size=400_000, seed=3)
+    sim.add_fault(route="files", kind="reset_body", count=1)
+    received = b""
+    with pytest.raises(aiohttp.ClientPayloadError):
+        async with http.get(sim.file_url(job)) as response:
+            async for piece in response.content.iter_any():
+                received += piece
+    assert 0 < len(received) <= 200_000 and received == content_bytes(3, 400_000)[: len(received)]
+    (record,) = sim.requests("files")
+    assert record.fault == "reset_body" and record.body_bytes == 200_000

@@ -30,7 +30,7 @@ __all__ = [
 # Kinds any route can suffer: they happen before the handler runs.
 GENERIC_KINDS = ("status", "reset", "stall")
 # Kinds that only make sense where a file body is served.
-FILE_KINDS = ("truncate", "wrong_bytes", "short_body", "expired", "replaced", "stall_body")
+FILE_KINDS = ("truncate", "wrong_bytes", "short_body", "expired", "replaced", "stall_body", "reset_body")
 KINDS = GENERIC_KINDS + FILE_KINDS
 # Routes that serve file bodies; the only ones file-only kinds can target (besides the "*" wildcard).
 FILE_HOST_ROUTES = frozenset({"files"})

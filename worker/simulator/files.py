@@ -4,7 +4,7 @@ Bodies are streamed from ``content.iter_content`` in 1 MiB writes, so a GiB asse
 moves at loopback speed. Single ``Range`` requests are honoured (206/416) so resumed downloads can be
 tested, and the file-only faults (truncate, wrong_bytes, short_body, expired, replaced, stall_body) are
 applied here. ``stall_body`` sends half the body, then nothing for ``delay_s``, then the rest: a file host
-that stalls mid-transfer.
+that stalls mid-transfer; ``reset_body`` sends half, then resets the connection (RST).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from aiohttp import web
 from worker.simulator.content import iter_content
 from worker.simulator.faults import FaultRule
 from worker.simulator.filestore import FileEntry
-from worker.simulator.middleware import ERROR_RENDERERS_KEY, FAULT_KEY, RECORD_KEY
+from worker.simulator.middleware import ERROR_RENDERERS_KEY, FAULT_KEY, RECORD_KEY, abort_connection
 from worker.simulator.state import STATE_KEY
 
 __all__ = ["ByteRange", "RangeNotSatisfiable", "parse_range", "s3_error", "setup_files"]
@@ -124,7 +124,7 @@ async def _stream(
         return response
     kind = rule.kind if rule is not None else None
     half = span.start + (span.stop - span.start) // 2
-    stop = half if kind == "truncate" else span.stop
+    stop = half if kind in ("truncate", "reset_body") else span.stop
     flip_at = half if kind == "wrong_bytes" and span.stop > span.start else None
     stall_at = half if kind == "stall_body" and rule is not None else None
     position = span.start
@@ -150,6 +150,10 @@ async def _stream(
         if kind == "truncate" and request.transport is not None:
             # close() (not abort) flushes the half already written, then FIN: Content-Length is left unmet.
             request.transport.close()
+        if kind == "reset_body":
+            # Give the half a moment to leave, then RST: the client sees a reset mid-body.
+            await asyncio.sleep(0.05)
+            abort_connection(request)
     except ConnectionError:
         _log.debug("client went away at byte %d of %s", position, request.raw_path.split("?", 1)[0])
     return response

@@ -120,6 +120,7 @@ async def open_worker(
     # From here on no configured secret appears in a log line, an error or an API answer.
     register_secrets(secret_values(settings))
     limits = settings.limits
+    egress = EgressPolicy(limits.allow_networks)
     if store is None:
         store = await open_store(settings.store_url, pool_size=settings.pg_pool_size)
     try:
@@ -128,9 +129,7 @@ async def open_worker(
             # Two sessions: the vendors' APIs at the configured base URLs (trusted as configured),
             # and the URLs their answers hand us, under the egress policy.
             new_api_session(settings.http) as api_session,
-            new_upstream_session(
-                settings.http, EgressPolicy(limits.allow_networks), read_bufsize=settings.chunk_bytes
-            ) as upstream_session,
+            new_upstream_session(settings.http, egress, read_bufsize=settings.chunk_bytes) as upstream,
         ):
             metrics = Metrics()
 
@@ -161,7 +160,7 @@ async def open_worker(
                 store=store,
                 providers=providers,
                 sinks=SinkRouter(sink, settings.dest_url),
-                session=upstream_session,
+                session=upstream,
                 settings=EngineSettings(
                     path_template=settings.path_template,
                     poll_deadline_s=settings.poll.deadline_s,
@@ -171,7 +170,7 @@ async def open_worker(
                         max_asset_bytes=limits.max_asset_bytes,
                         min_speed_bps=limits.min_speed_bps,
                         min_speed_window_s=limits.min_speed_window_s,
-                        egress=EgressPolicy(limits.allow_networks),
+                        egress=egress,
                     ),
                     expiry_margin_s=settings.layers.expiry_margin_s,
                     destination_backoff=Backoff(

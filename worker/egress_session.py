@@ -26,7 +26,7 @@ from aiohttp.resolver import DefaultResolver
 
 from worker.config import HttpSettings
 from worker.egress import EgressPolicy
-from worker.httpclient import USER_AGENT, client_timeout
+from worker.httpclient import new_session
 
 
 class EgressRefused(OSError):
@@ -85,20 +85,13 @@ def refusal_of(exc: BaseException) -> EgressRefused | None:
 def new_upstream_session(
     settings: HttpSettings, policy: EgressPolicy, *, read_bufsize: int = 1 << 20
 ) -> aiohttp.ClientSession:
-    """The session for URLs that come from upstream: egress-checked, no default credentials, no
-    proxy from the environment, redirects followed by the caller (hop by hop, each checked)."""
-    connector = aiohttp.TCPConnector(
-        limit=100,
-        limit_per_host=32,
-        ttl_dns_cache=300,
-        resolver=GuardedResolver(policy),
-        socket_factory=guarded_socket_factory(policy),
-    )
-    return aiohttp.ClientSession(
-        timeout=client_timeout(settings),
-        connector=connector,
-        headers={"User-Agent": USER_AGENT},
+    """The session for URLs that come from upstream: egress-checked at resolution and at the
+    socket; redirects are followed by the caller (hop by hop, each checked)."""
+    return new_session(
+        settings,
+        connector_options={
+            "resolver": GuardedResolver(policy),
+            "socket_factory": guarded_socket_factory(policy),
+        },
         read_bufsize=read_bufsize,
-        raise_for_status=False,
-        trust_env=False,
     )

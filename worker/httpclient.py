@@ -38,33 +38,35 @@ RetryObserver = Callable[[str, float], None]
 USER_AGENT = "asset-worker/0.1 (+https://pypi.org/project/asset-worker/)"
 
 
-def client_timeout(settings: HttpSettings) -> aiohttp.ClientTimeout:
-    """Bounded connect and read timeouts but no total timeout (a 1 GiB body may legitimately take
-    minutes; the transfer's minimum speed bounds a slow one)."""
-    return aiohttp.ClientTimeout(
+def new_session(
+    settings: HttpSettings, *, connector_options: Mapping[str, Any], **options: Any
+) -> aiohttp.ClientSession:
+    """What every session of the worker shares: no default headers but the User-Agent (API keys are
+    per request, so they can never leak to another host), no proxy from the environment, statuses
+    left to the caller, and bounded connect and read timeouts but no total timeout (a 1 GiB body
+    may legitimately take minutes; the transfer's speed floor bounds a slow one)."""
+    timeout = aiohttp.ClientTimeout(
         total=None,
         connect=settings.connect_timeout_s,
         sock_connect=settings.connect_timeout_s,
         sock_read=settings.read_timeout_s,
     )
+    connector = aiohttp.TCPConnector(limit=100, limit_per_host=32, ttl_dns_cache=300, **connector_options)
+    return aiohttp.ClientSession(
+        timeout=timeout,
+        connector=connector,
+        headers={"User-Agent": USER_AGENT},
+        raise_for_status=False,
+        trust_env=False,
+        **options,
+    )
 
 
 def new_api_session(settings: HttpSettings) -> aiohttp.ClientSession:
     """The session for the vendors' APIs, at the base URLs the operator configured (trusted as
-    configured; URLs that come *from* upstream use ``egress_session.new_upstream_session``).
-
-    No default headers (API keys are per request, so they can never leak to another host), no
-    proxy from the environment, and no transparent decompression: ``get_json`` decodes bodies
-    itself within ``max_response_bytes``."""
-    connector = aiohttp.TCPConnector(limit=100, limit_per_host=32, ttl_dns_cache=300)
-    return aiohttp.ClientSession(
-        timeout=client_timeout(settings),
-        connector=connector,
-        headers={"User-Agent": USER_AGENT},
-        raise_for_status=False,
-        auto_decompress=False,
-        trust_env=False,
-    )
+    configured; URLs that come *from* upstream use ``egress_session.new_upstream_session``). No
+    transparent decompression: ``get_json`` decodes bodies itself within ``max_response_bytes``."""
+    return new_session(settings, connector_options={}, auto_decompress=False)
 
 
 @dataclass(frozen=True, slots=True)

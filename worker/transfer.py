@@ -99,7 +99,7 @@ class _BodyBroke(Exception):
 class _Cap:
     """The most bytes the body may have, and the error for one byte more."""
 
-    limit: int | None
+    limit: int
     error: Callable[[int], TransferError]
 
 
@@ -271,9 +271,8 @@ def _body_cap(ref: AssetRef, entity: _Entity, options: TransferOptions) -> _Cap:
             actual=entity.total,
             code="size_mismatch",
         )
-    if published is not None or entity.total is not None:
-        size = published if published is not None else entity.total
-        assert size is not None
+    size = published if published is not None else entity.total
+    if size is not None:
         return _Cap(
             size,
             lambda got: IntegrityError(
@@ -409,7 +408,7 @@ async def _pump(
             try:
                 while piece := await resp.content.read(chunk_bytes):
                     total += len(piece)
-                    if cap.limit is not None and total > cap.limit:
+                    if total > cap.limit:
                         raise cap.error(total)
                     floor.add(len(piece))
                     on_progress(len(piece))

@@ -29,6 +29,7 @@ from worker.http.state import (
     MAX_PAGE,
     SERVICE,
 )
+from worker.jsonbody import BodyRefused, parse_json
 from worker.models import Job, JobKey, JobState
 from worker.statusview import job_to_json
 from worker.store.base import Cursor
@@ -155,8 +156,8 @@ def decode_cursor(text: str) -> Cursor:
         raise invalid
     try:
         raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-        data = json.loads(raw)
-    except (binascii.Error, ValueError, RecursionError):  # RecursionError: "[[[[..." nesting
+        data = parse_json(raw)
+    except (binascii.Error, BodyRefused):
         raise invalid from None
     if not isinstance(data, dict) or set(data) != {"submitted_at", "key"}:
         raise invalid
@@ -208,8 +209,8 @@ async def _read_json(request: web.Request, *, timeout_s: float) -> Any:
     except TimeoutError:
         raise ApiError("request_timeout", f"the body did not arrive within {timeout_s:g} s") from None
     try:
-        return json.loads(raw)
-    except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError; "[[[[..." nesting
+        return parse_json(raw)  # bounded nesting, as for the vendors' answers
+    except BodyRefused:
         raise ApiError("invalid_json", "the body is not valid JSON") from None
 
 

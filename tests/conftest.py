@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 
 from tests.pgserver import PgServer, run_postgres
-from tests.s3server import S3Server, run_seaweedfs
+from tests.s3server import S3Server, external_server, run_seaweedfs
 from worker.app import Worker, open_worker
 from worker.config import (
     CloudlayerSettings,
@@ -55,6 +55,10 @@ class RecordingSleep:
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     """One real S3-compatible server (SeaweedFS) on loopback for the whole session."""
+    external = external_server()
+    if external is not None:
+        yield external
+        return
     with run_seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as server:
         yield server
 

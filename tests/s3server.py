@@ -37,6 +37,9 @@ ACCESS_KEY = "asset-worker-test"
 SECRET_KEY = "asset-worker-test-secret"
 BUCKET = "assets"
 VERSIONED_BUCKET = "assets-versioned"
+# A server started once outside the test process (tools/mutation.py starts one for a whole
+# mutation run): its fields as JSON. Tests keep apart by key prefix, so sharing it is safe.
+EXTERNAL_S3_ENV = "ASSET_WORKER_TEST_S3_SERVER"
 _ENDPOINT_LINE = re.compile(r"S3 Endpoint:\s+(http://\S+)")
 _LAST_STOPPED = re.compile(r"Volume\s+stopped")
 _START_TIMEOUT_S = 30.0
@@ -101,6 +104,15 @@ def _free_port_pair() -> int:
                 continue
         return port
     raise RuntimeError("no free pair of ports for the SeaweedFS admin server")
+
+
+def external_server() -> S3Server | None:
+    """The server named by ``ASSET_WORKER_TEST_S3_SERVER``, if any."""
+    text = os.environ.get(EXTERNAL_S3_ENV)
+    if not text:
+        return None
+    fields = json.loads(text)
+    return S3Server(**{**fields, "log_path": Path(fields["log_path"])})
 
 
 @contextlib.contextmanager

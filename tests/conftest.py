@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import ipaddress
+import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 import aiobotocore.session
 import aiohttp
 import pytest
+from hypothesis import settings
 
 from tests.pgserver import PgServer, run_postgres
 from tests.s3server import S3Server, external_server, run_seaweedfs
@@ -51,6 +53,13 @@ class RecordingSleep:
         self.delays.append(seconds)
         await asyncio.sleep(min(seconds, self._cap_s))
 
+
+# Property tests on a shared two-core machine: a per-example deadline only measures the neighbours'
+# load. The mutation job (tools/mutation.py) also wants the same examples for every mutant, so a
+# verdict does not depend on the luck of the draw, and no example database shared between mutants.
+settings.register_profile("default", deadline=None)
+settings.register_profile("mutation", deadline=None, derandomize=True, database=None)
+settings.load_profile(os.environ.get("TEST_ASSET_WORKER_HYPOTHESIS_PROFILE", "default"))
 
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:

@@ -2,7 +2,7 @@
 
 Found in this order:
 
-1. ``ASSET_WORKER_TEST_POSTGRES_URL``: a server someone else runs (a database is created per test
+1. ``TEST_ASSET_WORKER_POSTGRES_URL``: a server someone else runs (a database is created per test
    through it; the outage test still needs binaries for a private server of its own);
 2. the PostgreSQL server binaries of this machine (Debian's ``postgresql`` package puts them in
    ``/usr/lib/postgresql/<version>/bin``), installing that package first when they are missing and
@@ -137,7 +137,7 @@ class PgServer:
 @contextlib.contextmanager
 def run_postgres() -> Iterator[PgServer]:
     """The test session's PostgreSQL (see the module docstring for where it comes from)."""
-    external = os.environ.get("ASSET_WORKER_TEST_POSTGRES_URL")
+    external = os.environ.get("TEST_ASSET_WORKER_POSTGRES_URL")
     if external:
         yield _external(external)
         return
@@ -149,7 +149,7 @@ def run_postgres() -> Iterator[PgServer]:
             return
         raise RuntimeError(
             "no PostgreSQL for the tests: no server binaries (install Debian's postgresql package), "
-            "nothing usable on 127.0.0.1:5432, and ASSET_WORKER_TEST_POSTGRES_URL is not set"
+            "nothing usable on 127.0.0.1:5432, and TEST_ASSET_WORKER_POSTGRES_URL is not set"
         )
     with private_cluster(bin_dir) as server:
         yield server

@@ -39,7 +39,7 @@ BUCKET = "assets"
 VERSIONED_BUCKET = "assets-versioned"
 # A server started once outside the test process (tools/mutation.py starts one for a whole
 # mutation run): its fields as JSON. Tests keep apart by key prefix, so sharing it is safe.
-EXTERNAL_S3_ENV = "ASSET_WORKER_TEST_S3_SERVER"
+EXTERNAL_S3_ENV = "TEST_ASSET_WORKER_S3_SERVER"
 _ENDPOINT_LINE = re.compile(r"S3 Endpoint:\s+(http://\S+)")
 _LAST_STOPPED = re.compile(r"Volume\s+stopped")
 _START_TIMEOUT_S = 30.0
@@ -107,7 +107,7 @@ def _free_port_pair() -> int:
 
 
 def external_server() -> S3Server | None:
-    """The server named by ``ASSET_WORKER_TEST_S3_SERVER``, if any."""
+    """The server named by ``TEST_ASSET_WORKER_S3_SERVER``, if any."""
     text = os.environ.get(EXTERNAL_S3_ENV)
     if not text:
         return None

@@ -201,6 +201,35 @@ async def test_resume_ignored_by_server_restarts_cleanly(
     assert (tmp_path / "p/j/a1.bin").read_bytes() == body
 
 
+async def test_file_changed_to_a_shorter_one_replaces_the_partial_copy(
+    session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """When the file changed between attempts (If-Range no longer matches, the host sends the new
+    file whole) and the new file is shorter, the copy is exactly the new file: no bytes of the old
+    one survive past its end, and the recorded size and sha256 are those of what was published."""
+    old = content_bytes(7, 3_000_000)
+    new = content_bytes(8, 1_000_000)
+    calls: list[dict[str, str]] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        calls.append(await read_request(reader))
+        body, etag = (old[:1_500_000], '"v1"') if len(calls) == 1 else (new, '"v2"')
+        size = len(old) if len(calls) == 1 else len(new)
+        head = f"HTTP/1.1 200 OK\r\nContent-Length: {size}\r\nAccept-Ranges: bytes\r\nETag: {etag}\r\n\r\n"
+        writer.write(head.encode() + body)
+        await writer.drain()
+        writer.close()
+
+    async with raw_server(handler) as url:
+        copy = await fetch(session, url, tmp_path)
+    assert calls[1]["if-range"] == '"v1"' and "range" in calls[1]
+    final = tmp_path / "p/j/a1.bin"
+    assert final.read_bytes() == new
+    assert (copy.size, copy.sha256) == (len(new), hashlib.sha256(new).hexdigest())
+    assert copy.resumes == 1
+    assert leftovers(tmp_path) == [final]
+
+
 async def test_resume_sends_if_range_and_refuses_a_misplaced_piece(
     session: aiohttp.ClientSession, tmp_path: Path
 ) -> None:

@@ -113,6 +113,7 @@ MODULES: tuple[Module, ...] = (
         ("worker/store/sqlite.py",),
         ("tests/test_store.py", "tests/test_store_fencing.py"),
         _STORE_FENCING,
+        needs_postgres=True,  # the store contract tests run on both backends
     ),
     Module(
         "store/postgres fencing",
@@ -151,7 +152,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     globs = [glob for module in chosen for glob in module.mutant_globs()]
     with _servers(chosen) as server_env:
         path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-        env = {**os.environ, **server_env, "PATH": path, "PYTHONDONTWRITEBYTECODE": "1"}
+        env = {
+            **os.environ,
+            **server_env,
+            "PATH": path,
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "TEST_ASSET_WORKER_HYPOTHESIS_PROFILE": "mutation",
+        }
         if args.sample:
             names = _sample(chosen, args.sample, args.seed, env)
             if not names:
@@ -255,7 +262,7 @@ def _servers(chosen: Sequence[Module]) -> Iterator[dict[str, str]]:
             from tests.pgserver import run_postgres
 
             postgres = stack.enter_context(run_postgres())
-            env["ASSET_WORKER_TEST_POSTGRES_URL"] = postgres.url()
+            env["TEST_ASSET_WORKER_POSTGRES_URL"] = postgres.url()
         yield env
 
 

@@ -14,6 +14,7 @@ import glob
 import os
 import re
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,12 +58,21 @@ def translate_os_error(exc: OSError, key: str) -> StorageError:
 class FileUpload:
     """One asset being written to a temp file; see the module docstring."""
 
-    def __init__(self, key: str, final: Path, temp: Path, handle: Any, space: SpaceBook) -> None:
+    def __init__(
+        self,
+        key: str,
+        final: Path,
+        temp: Path,
+        handle: Any,
+        space: SpaceBook,
+        fsync: Callable[[int], None] = os.fsync,
+    ) -> None:
         self.key = key
         self._final = final
         self._temp = temp
         self._handle = handle
         self._space = space
+        self._fsync = fsync
         self._closed = False
         self._committed = False
 
@@ -84,9 +94,9 @@ class FileUpload:
         try:
             await self._handle.flush()
             # fsync before the rename: otherwise a crash can leave a renamed but empty file.
-            await asyncio.to_thread(os.fsync, self._handle.fileno())
+            await asyncio.to_thread(self._fsync, self._handle.fileno())
             await self._close()
-            await asyncio.to_thread(_replace_durably, self._temp, self._final)
+            await asyncio.to_thread(_replace_durably, self._temp, self._final, self._fsync)
         except OSError as exc:
             raise translate_os_error(exc, self.key) from exc
         self._committed = True
@@ -134,12 +144,12 @@ class SpaceBook:
         self._outstanding.pop(upload, None)
 
 
-def _replace_durably(temp: Path, final: Path) -> None:
+def _replace_durably(temp: Path, final: Path, fsync: Callable[[int], None]) -> None:
     os.replace(temp, final)
     # The rename is durable only once the directory entry is on disk.
     fd = os.open(final.parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        os.fsync(fd)
+        fsync(fd)
     finally:
         os.close(fd)
 
@@ -151,11 +161,15 @@ class FileSink:
     job's lease, so any such file belongs to a worker that died or lost the lease mid-transfer and
     can never be completed. (An age threshold instead would race with the dead worker's last
     writes.)
+
+    ``fsync`` is ``os.fsync`` unless a test needs to see when the file and its directory are synced
+    (its effect shows only after a power loss).
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, fsync: Callable[[int], None] = os.fsync) -> None:
         self.root = root.absolute()
         self._space = SpaceBook()
+        self._fsync = fsync
 
     def uri_for(self, key: str) -> str:
         return self._final_path(key).as_uri()
@@ -181,7 +195,7 @@ class FileSink:
             handle = await aiofiles.open(temp, "xb")
         except OSError as exc:
             raise translate_os_error(exc, key) from exc
-        upload = FileUpload(key, final, temp, handle, self._space)
+        upload = FileUpload(key, final, temp, handle, self._space, self._fsync)
         if expected_size is not None:
             self._space.reserve(upload, expected_size)
         return upload
@@ -191,8 +205,12 @@ class FileSink:
 
     def _final_path(self, key: str) -> Path:
         final = (self.root / key).absolute()
-        # Keys are sanitised by naming.render_key; this is the last line of defence.
-        if os.path.commonpath([self.root, final]) != str(self.root) or final == self.root:
+        # Keys are sanitised by naming.render_key; this is the last line of defence. commonpath
+        # compares components as written ("root/../x" shares all of root's), so the check is on
+        # the lexically normalised paths: otherwise mkdir could create directories outside the
+        # root before the symlink check refuses the key.
+        root, normal = os.path.normpath(self.root), os.path.normpath(final)
+        if os.path.commonpath([root, normal]) != root or normal == root:
             raise StorageRejected(f"key {key!r} escapes the destination {self.root}", key=key)
         return final
 

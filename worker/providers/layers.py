@@ -239,12 +239,6 @@ class LayersProvider:
         except InvalidJob:
             return job.key.upstream_id
 
-    def expires_soon(self, ref: AssetRef) -> bool:
-        """Whether ``ref``'s signed URL expires within ``expiry_margin_s``: refresh it before use."""
-        if ref.expires_at is None:
-            return False
-        return ref.expires_at - self._wall_clock() <= self._settings.expiry_margin_s
-
     # -- jobs ---------------------------------------------------------------------------------
 
     async def _poll_job(self, job: Job, job_id: str) -> PollOutcome:

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import asyncpg
@@ -220,11 +221,19 @@ async def test_opening_a_store_on_a_stopped_server_says_so(own_server: PgServer)
         await open_store(url)
 
 
-async def test_a_least_privilege_role_works_once_the_schema_exists(pg_url: str) -> None:
+@pytest.fixture
+async def role(pg_url: str) -> AsyncIterator[str]:
+    """A login role of this test alone (roles belong to the whole server, which other test
+    processes may share), dropped with its grants afterwards."""
+    name = f"aw_role_{secrets.token_hex(4)}"
+    yield name
+    await execute(pg_url, f"DROP OWNED BY {name}", f"DROP ROLE {name}")
+
+
+async def test_a_least_privilege_role_works_once_the_schema_exists(pg_url: str, role: str) -> None:
     """A role that may only read and write the tables starts on a migrated schema (nothing to
     create), and on an empty database is told what to grant instead of failing with a traceback."""
-    role = "aw_limited"
-    await execute(pg_url, f"DROP ROLE IF EXISTS {role}", f"CREATE ROLE {role} LOGIN")
+    await execute(pg_url, f"CREATE ROLE {role} LOGIN")
     limited_url = pg_url.replace("postgres@", f"{role}@", 1)
     with pytest.raises(ConfigError, match="grant it CREATE"):
         await open_store(limited_url)
@@ -244,14 +253,14 @@ async def test_a_least_privilege_role_works_once_the_schema_exists(pg_url: str) 
         await store.close()
 
 
-async def test_server_errors_that_are_not_about_the_statement_are_store_unavailable(pg_url: str) -> None:
+async def test_server_errors_that_are_not_about_the_statement_are_store_unavailable(
+    pg_url: str, role: str
+) -> None:
     """Too many connections (class 53) is the database's state, not a bug: StoreUnavailable, which
     the worker backs off from, never an exception that would stop it."""
-    role = "aw_one_connection"
     await (await open_store(pg_url)).close()
     await execute(
         pg_url,
-        f"DROP ROLE IF EXISTS {role}",
         f"CREATE ROLE {role} LOGIN CONNECTION LIMIT 1",  # superusers would be exempt from the limit
         f"GRANT USAGE ON SCHEMA asset_worker TO {role}",
         f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA asset_worker TO {role}",

@@ -118,7 +118,7 @@ MODULES: tuple[Module, ...] = (
     Module(
         "store/postgres fencing",
         ("worker/store/postgres.py",),
-        ("tests/test_store_postgres.py", "tests/test_store_fencing.py"),
+        ("tests/test_store.py", "tests/test_store_postgres.py", "tests/test_store_fencing.py"),
         _STORE_FENCING,
         needs_postgres=True,
     ),

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -88,3 +90,36 @@ async def test_janitor_aborts_stale_uploads_at_start(
         pass
     listed = await client.list_multipart_uploads(Bucket=s3_server.bucket, Prefix=f"{prefix}/")
     assert listed.get("Uploads", []) == []
+
+
+async def test_receipts_name_the_exact_object_version_and_how_it_came_to_be(
+    sim: Simulator,
+    make_settings: SettingsFactory,
+    s3_server: S3Server,
+    aws_env: None,
+    s3_client: Any,
+    tmp_path: Path,
+) -> None:
+    """In a versioned bucket the receipt names the version written (its ETag too); a worker that
+    lost its store and meets the identical object again records it as already present and writes
+    no second version."""
+    prefix = f"w/{uuid.uuid4().hex[:10]}"
+    sim_job = sim.add_cloudlayer_job(id="s3-versioned", pending_s=0, size=200_000)
+    s3 = dataclasses.replace(s3_settings(s3_server, prefix), bucket=s3_server.versioned_bucket)
+    key = f"{prefix}/cloudlayer/{sim_job.id}/{sim_job.asset_id}.pdf"
+
+    (first,) = await run(make_settings, s3, ["cloudlayer:s3-versioned"])
+    assert first.state is JobState.DONE, first.error
+    receipt = first.assets[0].receipt
+    head = await s3_client.head_object(Bucket=s3_server.versioned_bucket, Key=key)
+    assert receipt is not None and receipt.origin == "downloaded"
+    assert (receipt.version_id, receipt.etag) == (head["VersionId"], head["ETag"].strip('"'))
+
+    fresh_store = functools.partial(make_settings, store_url=f"sqlite:///{tmp_path / 'second.db'}")
+    (again,) = await run(fresh_store, s3, ["cloudlayer:s3-versioned"])
+    assert again.state is JobState.DONE, again.error
+    second = again.assets[0].receipt
+    assert second is not None and second.origin == "already_present"
+    assert (second.version_id, second.sha256) == (receipt.version_id, receipt.sha256)
+    versions = await s3_client.list_object_versions(Bucket=s3_server.versioned_bucket, Prefix=key)
+    assert [v["VersionId"] for v in versions.get("Versions", [])] == [receipt.version_id]

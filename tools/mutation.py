@@ -122,7 +122,12 @@ MODULES: tuple[Module, ...] = (
         _STORE_FENCING,
         needs_postgres=True,
     ),
-    Module("engine", ("worker/engine.py",), ("tests/test_worker.py", "tests/test_engine.py")),
+    Module(
+        "engine",
+        ("worker/engine.py",),
+        ("tests/test_worker.py", "tests/test_engine.py", "tests/test_worker_s3.py"),
+        needs_s3=True,  # receipts of S3 copies (ETag, version id, already present)
+    ),
 )
 
 _KILLED = {"killed", "timeout", "caught by type check"}

@@ -33,7 +33,7 @@ from aiobotocore.config import AioConfig
 
 from worker.aio import shielded
 from worker.sinks.s3_errors import error_code, is_feature_rejection, is_not_found, translate
-from worker.sinks.s3_parts import MAX_SINGLE_COPY_BYTES, copy_ranges, part_size_for
+from worker.sinks.s3_parts import MAX_PARTS, MAX_SINGLE_COPY_BYTES, copy_ranges, part_size_for
 from worker.sinks.s3_settings import S3Settings
 
 if TYPE_CHECKING:
@@ -168,6 +168,9 @@ class Bucket:
         self.conditional_writes = True
         # Above this, a server-side copy is a multipart copy; an attribute so tests can lower it.
         self.single_copy_max_bytes = MAX_SINGLE_COPY_BYTES
+        # S3's limit of parts per upload (10,000 parts of 5 MiB are 50 GB); an attribute so tests
+        # can lower it.
+        self.max_parts = MAX_PARTS
 
     async def head(self, object_key: str, *, key: str) -> ObjectInfo | None:
         """The object under ``object_key``, or None when there is none."""

@@ -17,7 +17,7 @@ from worker.aio import shielded
 from worker.errors import StorageInterrupted, StorageRejected
 from worker.sinks.base import Committed
 from worker.sinks.s3_bucket import Bucket, ObjectInfo, Written
-from worker.sinks.s3_parts import MAX_PARTS, part_size_at
+from worker.sinks.s3_parts import part_size_at
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3.type_defs import CompletedPartTypeDef
@@ -292,9 +292,9 @@ class S3Upload:
         return self._filling
 
     async def _send_part(self) -> None:
-        if self._next_part > MAX_PARTS:
+        if self._next_part > self._bucket.max_parts:
             raise StorageRejected(
-                f"{self.key}: more than {MAX_PARTS} parts; the object exceeds S3's limits",
+                f"{self.key}: more than {self._bucket.max_parts} parts; the object exceeds S3's limits",
                 key=self.key,
                 code="object_too_large",
             )

@@ -1024,6 +1024,21 @@ async def test_a_feature_refusal_on_every_try_is_raised_as_it_came(make_sink: Si
         assert len(proxy.ops("PutObject")) == 4
 
 
+async def test_required_checksums_refused_at_creation_fail_at_once(make_sink: SinkFactory) -> None:
+    """With checksum_mode="require", a store refusing the checksum of CreateMultipartUpload fails the
+    upload at once: the request carries no If-None-Match, so there is nothing else to try without,
+    and conditional writes stay on."""
+    data = data_of(11 * MIB, seed=36)
+    rule = refuse_header("x-amz-checksum-")
+    async with s3_proxy_for(make_sink, rule, checksum_mode="require") as (proxy, s3):
+        with pytest.raises(StorageRejected) as caught:
+            await upload_bytes(s3, data, label=True)
+        assert str(caught.value).startswith(f"S3 CreateMultipartUpload {KEY}: ")
+        assert len(proxy.ops("CreateMultipartUpload")) == 1
+        assert s3.bucket.checksums and s3.bucket.conditional_writes
+        await assert_nothing_left(s3)
+
+
 async def test_parts_without_checksums_after_creation_refused_them(make_sink: SinkFactory) -> None:
     """A store refusing the checksum algorithm at CreateMultipartUpload: the upload is created
     without it and its parts carry no checksum (which the store would refuse too)."""

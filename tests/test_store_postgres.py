@@ -289,6 +289,23 @@ async def test_server_errors_that_are_not_about_the_statement_are_store_unavaila
         await store.close()
 
 
+async def test_a_statement_the_database_refuses_is_a_bug_raised_at_once(pg_url: str) -> None:
+    """A violated constraint is a bug in the caller, not an outage: raised as the driver reported it
+    on the first try (never StoreUnavailable, which every caller would retry forever), and the store
+    carries on serving."""
+    store = await PostgresStore.open(pg_url, retry_window_s=5.0)
+    try:
+        started = asyncio.get_running_loop().time()
+        # Built without JobKey.parse, which would refuse the space: the table's CHECK does too.
+        with pytest.raises(asyncpg.CheckViolationError):
+            await store.submit(JobKey("layers", "has space"), now=1.0)
+        assert asyncio.get_running_loop().time() - started < 2.0
+        await store.submit(A, now=1.0)
+        assert [j.key for j in await store.get([A])] == [A]
+    finally:
+        await store.close()
+
+
 async def test_a_claim_skips_rows_another_claim_has_locked(pg_url: str) -> None:
     """SKIP LOCKED: a row locked by another transaction (a replica in the middle of claiming it) is
     passed over at once, not waited for; the claim takes the next due job instead."""

@@ -171,12 +171,7 @@ async def test_container_back_to_processing_is_polled_afresh(
     fresh deadline (not the one that started at its first poll), then stores the new set only."""
     container = sim.add_layers_container(format="video", size=30_000)
     settings = make_settings()
-    settings = dataclasses.replace(
-        settings,
-        layers=dataclasses.replace(
-            settings.layers, poll=dataclasses.replace(settings.layers.poll, deadline_s=1.0)
-        ),
-    )
+    settings = dataclasses.replace(settings, poll=dataclasses.replace(settings.poll, deadline_s=1.0))
     key = JobKey.parse(f"layers:{container.id}")
     async with open_worker(settings) as worker:
         await worker.store.submit(key, now=time.time())

@@ -521,9 +521,12 @@ class PostgresStore:
 
         Connection trouble before COMMIT is retried with backoff (see the module docstring);
         past ``retry_window_s``, or during COMMIT, it becomes ``StoreUnavailable``, as does any
-        other error the server reports (a full disk, a revoked privilege, a read-only standby
-        after a failover): the worker must back off and carry on, never crash, whatever the
-        database says. ``read_only`` reads see one snapshot (a job and its assets from one commit).
+        other error about the database's state (a full disk, a revoked privilege, a dropped table,
+        a read-only standby after a failover): the worker backs off and carries on. An error about
+        the statement itself (a constraint violated, a value the column cannot hold, an SQL
+        mistake) is a bug, not an outage, and is raised as the driver reported it, as SQLite's are:
+        waiting would repeat it forever and hide it. ``read_only`` reads see one snapshot (a job
+        and its assets from one commit).
 
         Nothing here is ``StoreUnusable``: on a shared server a revoked privilege or a dropped table
         is one operator's change that another undoes while every replica waits, and a restarted
@@ -556,6 +559,8 @@ class PostgresStore:
                     raise StoreUnavailable(reason) from exc
                 log.warning("store_retrying", error=reason, retry_in_s=round(delay, 2))
             except asyncpg.PostgresError as exc:
+                if _is_a_bug(exc):
+                    raise
                 raise StoreUnavailable(f"PostgreSQL store: {_describe(exc)}") from exc
             await self._sleep(delay)
             delay = min(delay * 2, 2.0) * (0.5 + random.random() / 2)
@@ -621,6 +626,16 @@ _TRANSIENT: tuple[type[BaseException], ...] = (
     asyncpg.InsufficientResourcesError,
     asyncpg.ReadOnlySQLTransactionError,
 )
+
+
+def _is_a_bug(exc: asyncpg.PostgresError) -> bool:
+    """Whether the server refused the statement itself: a constraint (SQLSTATE class 23), a value
+    (class 22) or the SQL (class 42), except a missing privilege or table, which are an operator's
+    change to the database (a REVOKE, a dropped schema) that another change undoes."""
+    code = str(getattr(exc, "sqlstate", "") or "")
+    if code in ("42501", "42P01"):
+        return False
+    return code[:2] in ("22", "23", "42")
 
 
 def _describe(exc: BaseException) -> str:

@@ -59,8 +59,9 @@ from worker.egress import EgressPolicy
 from worker.egress_session import new_upstream_session
 from worker.models import AssetRef
 from worker.simulator.content import content_sha256
-from worker.sinks.s3 import S3Settings, open_s3_sink
 from worker.sinks.s3_parts import part_size_for
+from worker.sinks.s3_settings import S3Settings
+from worker.sinks.s3_sink import open_s3_sink
 from worker.transfer import TransferOptions, fetch_to_sink
 
 PREFIX: Final = "bench"

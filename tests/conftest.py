@@ -19,18 +19,14 @@ from hypothesis import settings
 from tests.pgserver import PgServer, run_postgres
 from tests.s3server import S3Server, external_server, run_seaweedfs
 from worker.app import Worker, open_worker
-from worker.config import (
-    CloudlayerSettings,
-    HttpSettings,
-    LayersSettings,
-    LimitSettings,
-    PollSettings,
-    Settings,
-)
+from worker.config import HttpSettings, LimitSettings, Settings
 from worker.egress import EgressPolicy
 from worker.egress_session import new_upstream_session
 from worker.lease import Lease, Progress
 from worker.models import Job, JobKey, JobState
+from worker.providers.base import ProviderConfig, Schedule
+from worker.providers.cloudlayer import CloudlayerSettings
+from worker.providers.layers import LayersSettings
 from worker.simulator.app import Simulator, start_simulator
 from worker.store.base import Phase
 
@@ -127,12 +123,29 @@ def retry_sleep() -> RecordingSleep:
 SettingsFactory = Callable[..., Settings]
 
 
+def simulator_providers(sim: Simulator, **layers: Any) -> dict[str, ProviderConfig]:
+    """Both providers against ``sim``, polling fast; ``layers`` replaces Layers settings' fields."""
+    return {
+        "cloudlayer": ProviderConfig(
+            CloudlayerSettings(api_key=sim.api_key, base_url=sim.url, api_version="v2"),
+            Schedule(initial_s=0.05, max_s=0.2, multiplier=1.5, deadline_s=30.0),
+        ),
+        "layers": ProviderConfig(
+            LayersSettings(
+                **{"api_key": sim.layers_api_key, "base_url": sim.layers_url, "reads_per_min": 6000, **layers}
+            ),
+            Schedule(initial_s=0.05, max_s=0.2, multiplier=1.3, deadline_s=30.0),
+        ),
+    }
+
+
 @pytest.fixture
 def make_settings(tmp_path: Path, sim: Simulator) -> SettingsFactory:
     """Settings for a worker against ``sim`` with a store and destination under ``tmp_path``.
 
     Polling and retries are fast because the simulator is local; keyword arguments replace
-    top-level fields, ``poll=``/``http=`` whole sections.
+    top-level fields, ``http=``/``providers=`` whole sections (``Settings.with_schedule`` changes
+    the providers' schedules).
     """
 
     def make(**changes: object) -> Settings:
@@ -145,17 +158,10 @@ def make_settings(tmp_path: Path, sim: Simulator) -> SettingsFactory:
             worker_id="test-worker",
             # The simulator's file host is on loopback: allow exactly its address, nothing more.
             limits=LimitSettings(allow_networks=(ipaddress.ip_network(sim.host_network),)),
-            poll=PollSettings(initial_s=0.05, max_s=0.2, multiplier=1.5, deadline_s=30.0),
             http=HttpSettings(
                 request_attempts=4, backoff_initial_s=0.05, backoff_max_s=0.2, read_timeout_s=5.0
             ),
-            cloudlayer=CloudlayerSettings(api_key=sim.api_key, base_url=sim.url, api_version="v2"),
-            layers=LayersSettings(
-                api_key=sim.layers_api_key,
-                base_url=sim.layers_url,
-                poll=PollSettings(initial_s=0.05, max_s=0.2, multiplier=1.3, deadline_s=30.0),
-                reads_per_min=6000,
-            ),
+            providers=simulator_providers(sim),
         )
         return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
 

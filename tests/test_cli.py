@@ -63,6 +63,8 @@ async def test_force_requeues_a_finished_job(sim: Simulator, cli_env: dict[str, 
     [
         (["submit", "nokey"], {}, "<provider>:<upstream id>"),
         (["submit", "cloudlayer:ok", "ftp:x"], {}, "unknown provider"),
+        # Each provider checks its own ids at submit: this one could never be polled.
+        (["submit", "cloudlayer:ok", "layers:foo"], {}, "neither a generation job"),
         (["status"], {"ASSET_WORKER_CONCURENCY": "2"}, "ASSET_WORKER_CONCURENCY"),
         (["run"], {"ASSET_WORKER_POLL_INITIAL_S": "soon"}, "ASSET_WORKER_POLL_INITIAL_S"),
         # The job API would be open to the network: refused before anything starts.

@@ -6,8 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from worker.config import dest_path, from_env, sqlite_path
+from worker.config import all_variables, from_env, known_variables
 from worker.errors import ConfigError
+from worker.providers.base import Schedule
+from worker.providers.cloudlayer import CloudlayerSettings
+from worker.providers.layers import LayersSettings
+from worker.sinks.file import dest_path
+from worker.store.sqlite import sqlite_path
 
 
 def test_defaults_match_the_documented_contract() -> None:
@@ -15,12 +20,15 @@ def test_defaults_match_the_documented_contract() -> None:
     settings = from_env({})
     assert settings.store_url == "sqlite:///./asset-worker.db"
     assert settings.dest_url == "file://./assets"
-    assert settings.poll.initial_s == 2.0
-    assert settings.poll.max_s == 30.0
-    assert settings.poll.deadline_s == 1800.0
-    assert settings.cloudlayer.base_url == "https://api.cloudlayer.io"
-    assert settings.cloudlayer.api_version == "v2"
-    assert settings.cloudlayer.api_key is None
+    cloudlayer, layers = settings.providers["cloudlayer"], settings.providers["layers"]
+    assert cloudlayer.schedule == Schedule(initial_s=2.0, max_s=30.0, multiplier=2.0, deadline_s=1800.0)
+    assert layers.schedule == Schedule(initial_s=2.0, max_s=10.0, multiplier=1.3, deadline_s=1800.0)
+    assert cloudlayer.options == CloudlayerSettings(
+        api_key=None, base_url="https://api.cloudlayer.io", api_version="v2"
+    )
+    assert layers.options == LayersSettings(
+        api_key=None, base_url="https://api.layers.com", reads_per_min=120
+    )
 
 
 def test_environment_and_overrides() -> None:
@@ -34,10 +42,42 @@ def test_environment_and_overrides() -> None:
     }
     settings = from_env(env, concurrency=7)
     assert settings.concurrency == 7
-    assert settings.poll.initial_s == 0.5
-    assert settings.poll.deadline_s == 60
-    assert settings.cloudlayer.base_url == "http://127.0.0.1:9"
+    cloudlayer = settings.providers["cloudlayer"]
+    assert cloudlayer.schedule.initial_s == 0.5 and cloudlayer.schedule.deadline_s == 60
+    assert cloudlayer.options.base_url == "http://127.0.0.1:9"
+    assert cloudlayer.options.api_key == "cl-secret"
     assert "cl-secret" not in repr(settings)
+
+
+def test_a_providers_own_schedule_variables_win_over_the_shared_ones() -> None:
+    """ASSET_WORKER_POLL_* set every provider's schedule, ASSET_WORKER_<PROVIDER>_POLL_* one
+    provider's; what neither sets keeps the provider's own default."""
+    settings = from_env(
+        {
+            "ASSET_WORKER_POLL_MAX_S": "20",
+            "ASSET_WORKER_POLL_DEADLINE_S": "600",
+            "ASSET_WORKER_LAYERS_POLL_DEADLINE_S": "90",
+            "ASSET_WORKER_LAYERS_EXPIRY_MARGIN_S": "15",
+            "ASSET_WORKER_CLOUDLAYER_POLL_MULTIPLIER": "3",
+        }
+    )
+    cloudlayer, layers = settings.providers["cloudlayer"].schedule, settings.providers["layers"].schedule
+    assert cloudlayer == Schedule(initial_s=2.0, max_s=20.0, multiplier=3.0, deadline_s=600.0)
+    assert layers == Schedule(
+        initial_s=2.0, max_s=20.0, multiplier=1.3, deadline_s=90.0, expiry_margin_s=15.0
+    )
+
+
+def test_the_registries_variables_are_all_known() -> None:
+    """Every provider's and destination's variables are accepted, and appear in the known list."""
+    known = known_variables()
+    for name in (
+        "ASSET_WORKER_S3_REGION",
+        "ASSET_WORKER_LAYERS_READS_PER_MIN",
+        "ASSET_WORKER_CLOUDLAYER_POLL_MAX_S",
+    ):
+        assert name in known
+    assert {"CLOUDLAYER_API_KEY", "LAYERS_BASE_URL"} <= all_variables() and not {"CLOUDLAYER_API_KEY"} & known
 
 
 @pytest.mark.parametrize(
@@ -48,11 +88,19 @@ def test_environment_and_overrides() -> None:
         ({"ASSET_WORKER_CONCURRENCY": "many"}, "ASSET_WORKER_CONCURRENCY"),
         ({"ASSET_WORKER_POLL_INITIAL_S": "-1"}, "POLL_INITIAL_S"),
         ({"ASSET_WORKER_POLL_INITIAL_S": "5", "ASSET_WORKER_POLL_MAX_S": "1"}, "POLL_MAX_S"),
+        ({"ASSET_WORKER_LAYERS_POLL_MAX_S": "1"}, "layers: .*LAYERS_POLL_MAX_S"),
         ({"ASSET_WORKER_STORE": "mysql://x"}, "unsupported store"),
+        ({"ASSET_WORKER_STORE": "postgresql:///db"}, "needs a host"),
         ({"ASSET_WORKER_DEST": "ftp://x/y"}, "unsupported scheme"),
+        ({"ASSET_WORKER_DEST": "s3://Not_A_Bucket/x"}, "bucket"),
+        (
+            {"ASSET_WORKER_DEST": "s3://bucket/x", "ASSET_WORKER_S3_PARTS_IN_FLIGHT": "0"},
+            "S3_PARTS_IN_FLIGHT",
+        ),
         ({"ASSET_WORKER_PATH_TEMPLATE": "{job}.{ext}"}, "asset"),
-        ({"CLOUDLAYER_API_VERSION": "v3"}, "v1 or v2"),
+        ({"CLOUDLAYER_API_VERSION": "v3"}, "v1, v2"),
         ({"CLOUDLAYER_BASE_URL": "api.cloudlayer.io"}, "http"),
+        ({"LAYERS_BASE_URL": "ftp://layers"}, "LAYERS_BASE_URL"),
         ({"ASSET_WORKER_LOG_LEVEL": "loud"}, "LOG_LEVEL"),
     ],
 )

@@ -24,14 +24,17 @@ from aiohttp import web
 
 from tests.conftest import RecordingSleep, SettingsFactory
 from worker.app import Worker, open_worker
-from worker.config import CloudlayerSettings, HttpSettings, LayersSettings, PollSettings, Settings
-from worker.engine import _copy_still_there
+from worker.config import HttpSettings, Settings
 from worker.errors import LeaseLost
 from worker.lease import Lease, Progress
 from worker.models import AssetState, Job, JobError, JobKey, JobState, Receipt
+from worker.providers.base import ProviderConfig, Schedule
+from worker.providers.cloudlayer import CloudlayerSettings
+from worker.providers.layers import LayersSettings
 from worker.simulator.app import Simulator, SimulatorState, start_simulator
 from worker.simulator.content import content_sha256, iter_content
 from worker.simulator.layers_content import LayersAsset, LayersContainer
+from worker.sinks.file import FileSink
 from worker.store.base import Phase, Store
 
 T0 = 1_700_000_000.0
@@ -377,14 +380,16 @@ BLOB = b"not really an image" * 100
 async def vendor_rig(
     make_settings: SettingsFactory, clock: SharedClock, vendor: VendorHost
 ) -> AsyncIterator[Rig]:
-    layers = LayersSettings(
-        api_key="lp_vendor",
-        base_url=vendor.url,
-        poll=PollSettings(initial_s=0.05, max_s=0.2, multiplier=1.3, deadline_s=30.0),
-        reads_per_min=6000,
-    )
-    cloudlayer = CloudlayerSettings(api_key="cl_vendor", base_url=vendor.url, api_version="v2")
-    settings = engine_settings(make_settings, layers=layers, cloudlayer=cloudlayer)
+    schedule = Schedule(initial_s=0.05, max_s=0.2, multiplier=1.3, deadline_s=30.0)
+    providers = {
+        "layers": ProviderConfig(
+            LayersSettings(api_key="lp_vendor", base_url=vendor.url, reads_per_min=6000), schedule
+        ),
+        "cloudlayer": ProviderConfig(
+            CloudlayerSettings(api_key="cl_vendor", base_url=vendor.url, api_version="v2"), schedule
+        ),
+    }
+    settings = engine_settings(make_settings, providers=providers)
     async with rig_for(settings, clock) as made:
         yield made
 
@@ -578,18 +583,17 @@ async def test_reused_receipt_keeps_the_copys_identity(sim: Simulator, rig: Rig,
     )
 
 
-def test_copies_outside_the_file_system_are_trusted_without_a_check(tmp_path: Path) -> None:
-    """Only a local file is checked before reuse (exists, same size); an object elsewhere (S3) is
-    trusted, since checking would cost a request per asset."""
+async def test_a_local_copy_is_reused_only_while_it_is_there_with_its_size(tmp_path: Path) -> None:
+    """Before reuse the file sink checks the copy still exists with the receipt's size."""
     present = tmp_path / "copy.bin"
     present.write_bytes(b"x" * 10)
     receipt = Receipt(
         asset_id="a", uri=present.as_uri(), size=10, sha256="0" * 64, upstream_verified=True, stored_at=T0
     )
-    assert _copy_still_there(receipt) is True
-    assert _copy_still_there(dataclasses.replace(receipt, size=11)) is False
-    assert _copy_still_there(dataclasses.replace(receipt, uri=(tmp_path / "gone.bin").as_uri())) is False
-    assert _copy_still_there(dataclasses.replace(receipt, uri="s3://bucket/prefix/copy.bin")) is True
+    sink = FileSink(tmp_path)
+    assert await sink.still_has(receipt) is True
+    assert await sink.still_has(dataclasses.replace(receipt, size=11)) is False
+    assert await sink.still_has(dataclasses.replace(receipt, uri=(tmp_path / "gone.bin").as_uri())) is False
 
 
 # -- the lease: fenced before publishing, confirmed before a retry -----------------------------
@@ -1025,6 +1029,13 @@ async def test_rejected_poll_fails_with_the_vendors_code(sim: Simulator, rig: Ri
     assert job.state is JobState.FAILED and job.error is not None
     assert job.error.code == "invalid_job" and "not-a-container" in job.error.message
     assert rig.metric("asset_worker_polls_total", provider="layers", result="rejected") == 2
+    # A row for a provider this worker does not serve (written in SQL, or by a worker with another
+    # provider): failed at its first poll, not left in the queue.
+    other = await rig.submit("newvendor:1")
+    assert await rig.poll(other) is False
+    job = await rig.get(other)
+    assert job.state is JobState.FAILED and job.error is not None
+    assert job.error.code == "invalid_job" and "newvendor" in job.error.message
 
 
 async def test_vendor_failure_fails_the_job_with_its_error(sim: Simulator, rig: Rig) -> None:

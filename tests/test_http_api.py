@@ -91,6 +91,7 @@ def _bad_bodies(assets: Path) -> list[tuple[str, Any, int, str]]:
         ("unknown item field", {"jobs": [{**ok, "dst": str(assets / "t")}]}, 400, "invalid_request"),
         ("malformed key", {"jobs": [ok, {"key": "nokey"}]}, 400, "invalid_job_key"),
         ("unknown provider", {"jobs": [ok, {"key": "ftp:x"}]}, 400, "invalid_job_key"),
+        ("id its provider refuses", {"jobs": [ok, {"key": "layers:foo"}]}, 400, "invalid_job_key"),
         ("duplicate key", {"jobs": [ok, {"key": "CLOUDLAYER:ok"}]}, 400, "duplicate_key"),
         ("dest not a string", {"jobs": [{**ok, "dest": 5}]}, 400, "invalid_request"),
         ("dest outside", {"jobs": [ok, {"key": "cloudlayer:b", "dest": "/etc"}]}, 400, "invalid_dest"),

@@ -11,8 +11,9 @@ import pytest
 from tests.cli_support import cli, cli_environment
 from tests.conftest import SettingsFactory
 from tests.http_support import api_client, serving
-from worker.config import HttpBinding, from_env, http_binding
+from worker.config import from_env
 from worker.errors import ConfigError
+from worker.http.binding import HttpBinding, http_binding
 from worker.simulator.app import Simulator
 
 

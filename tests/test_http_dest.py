@@ -12,11 +12,12 @@ import pytest
 from tests.conftest import SettingsFactory
 from tests.http_support import api_client, run_until_idle, serving
 from tests.s3server import S3Server, s3_settings
-from worker.config import JobDest, parse_dest
+from worker.destinations import parse_dest
 from worker.errors import ConfigError
 from worker.simulator.app import Simulator
 from worker.simulator.content import content_sha256
-from worker.sinks.s3 import STAGING_DIR
+from worker.sinks.base import JobDest
+from worker.sinks.s3_sink import STAGING_DIR
 
 
 @pytest.mark.parametrize(
@@ -94,7 +95,7 @@ async def test_an_s3_job_destination_gets_the_objects(
     prefix = f"dest/{uuid.uuid4().hex[:10]}"
     s3 = s3_settings(s3_server, prefix)
     job = sim.add_cloudlayer_job(id="to-tenant", pending_s=0, size=11 * 1024 * 1024 + 3)
-    settings = make_settings(dest_url=f"s3://{s3.bucket}/{prefix}", s3=s3)
+    settings = make_settings(dest_url=f"s3://{s3.bucket}/{prefix}", dest_settings=s3)
     async with serving(settings) as served, api_client(served.url) as api:
         dest = f"s3://{s3.bucket}/{prefix}/tenant-a"
         submitted = await api.submit({"key": "cloudlayer:to-tenant", "dest": dest})

@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Callable
 from importlib import resources
 from typing import Any
+
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from tests.conftest import SettingsFactory
 from tests.http_support import api_client, serving
@@ -18,6 +22,7 @@ from worker.http.jobs import decode_cursor, encode_cursor
 from worker.http.server import build_app
 from worker.http.state import MAX_DEST_CHARS, MAX_JOBS_PER_REQUEST, MAX_PAGE
 from worker.models import Job, JobKey, JobState
+from worker.providers import PROVIDERS, parse_key
 from worker.store.base import Cursor
 
 _METHODS = {"get", "post", "put", "patch", "delete", "head", "options"}
@@ -92,24 +97,29 @@ def test_limits_and_enums_match_the_code() -> None:
     assert item["dest"]["maxLength"] == MAX_DEST_CHARS
 
 
-def _accepted(key: str) -> bool:
+def _accepted(key: str, parse: Callable[[str], JobKey] = JobKey.parse) -> bool:
     try:
-        return str(JobKey.parse(key)) == key
+        return str(parse(key)) == key
     except InvalidJob:
         return False
 
 
-def test_the_key_pattern_is_what_the_code_accepts() -> None:
-    """Every key schema's pattern accepts exactly the canonical keys JobKey.parse accepts, for
-    every code point in the id but lone surrogates, so a schema-driven client and the API agree.
-    Surrogates, which the code refuses, are left out of the pattern: JSON Schema regex engines (and
-    schemathesis) have no strings that hold them, and schemathesis ignores a pattern naming them."""
+def _key_schemas() -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The path parameter's schemas (a job that exists) and the submitted key's."""
     doc = openapi_document()
     params = [doc["paths"][path]["parameters"][0]["schema"] for path in doc["paths"] if "{key}" in path]
     submitted = doc["components"]["schemas"]["SubmitRequest"]["properties"]["jobs"]["items"]["properties"]
-    schemas = [*params, submitted["key"]]
-    assert len({(s["pattern"], s["maxLength"]) for s in schemas}) == 1 and len(schemas) == 4
-    pattern, max_length = re.compile(schemas[0]["pattern"]), schemas[0]["maxLength"]
+    return params, submitted["key"]
+
+
+def test_the_key_pattern_is_what_the_code_accepts() -> None:
+    """The path's key pattern accepts exactly the canonical keys JobKey.parse accepts, for every
+    code point in the id but lone surrogates, so a schema-driven client and the API agree.
+    Surrogates, which the code refuses, are left out of the pattern: JSON Schema regex engines (and
+    schemathesis) have no strings that hold them, and schemathesis ignores a pattern naming them."""
+    params, _ = _key_schemas()
+    assert len({(s["pattern"], s["maxLength"]) for s in params}) == 1 and len(params) == 3
+    pattern, max_length = re.compile(params[0]["pattern"]), params[0]["maxLength"]
     surrogates = range(0xD800, 0xE000)
     for codepoint in range(sys.maxunicode + 1):
         # Inside the id: Python's "$" also matches before a final newline, which parse strips anyway.
@@ -118,10 +128,36 @@ def test_the_key_pattern_is_what_the_code_accepts() -> None:
             assert not _accepted(key), hex(codepoint)
         else:
             assert bool(pattern.search(key)) == _accepted(key), hex(codepoint)
-    longest = "cloudlayer:" + "x" * 256
+    longest = "p" * 40 + ":" + "x" * 256
     assert _accepted(longest) and pattern.search(longest) and len(longest) <= max_length
     assert not _accepted(longest + "x") and not pattern.search(longest + "x")
-    assert not pattern.search("other:x") and not _accepted("other:x")
+    assert not _accepted("p" * 41 + ":x") and not pattern.search("p" * 41 + ":x")
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_a_submitted_keys_pattern_is_what_submit_accepts(data: st.DataObject) -> None:
+    """The submitted key's pattern is each registered provider's ids: a key built from it is one
+    parse_key accepts, and a key parse_key accepts fits it (and its maxLength)."""
+    _, submitted = _key_schemas()
+    pattern = re.compile(submitted["pattern"])
+    name = data.draw(st.sampled_from(sorted(PROVIDERS)))
+    upstream_id = data.draw(st.from_regex(f"^(?:{PROVIDERS[name].id_pattern})$", fullmatch=True))
+    key = f"{name}:{upstream_id}"
+    # The pattern's "$" also matches before a final newline, which parse strips anyway.
+    assume(not key.endswith("\n"))
+    assert _accepted(key, parse_key) and pattern.search(key) and len(key) <= submitted["maxLength"]
+    other = data.draw(st.text(min_size=1, max_size=40).map(lambda text: f"{name}:{text}"))
+    if _accepted(other, parse_key):
+        assert pattern.search(other), other
+
+
+def test_a_submitted_keys_pattern_refuses_what_submit_refuses() -> None:
+    _, submitted = _key_schemas()
+    pattern = re.compile(submitted["pattern"])
+    for refused in ("other:x", "layers:foo", "cloudlayer:" + "x" * 257, "layers:job_" + "x" * 253):
+        assert not _accepted(refused, parse_key) and not pattern.search(refused), refused
+    assert max(len(name) for name in PROVIDERS) + 257 == submitted["maxLength"]
 
 
 def test_the_cursor_schema_admits_every_cursor_the_api_makes() -> None:

@@ -13,11 +13,11 @@ from aiohttp import web
 from tests.conftest import RecordingSleep
 from tests.simulator.conftest import T0
 from tests.simulator.conftest import FakeClock as SimFakeClock
-from worker.config import HttpSettings, LayersSettings
+from worker.config import HttpSettings
 from worker.errors import AssetSetChanged, InvalidJob, UpstreamRejected, UpstreamUnavailable
 from worker.httpclient import HttpClient, new_api_session
 from worker.models import AssetRef, Failed, Job, JobKey, JobState, Pending, Ready
-from worker.providers.layers import LayersProvider, asset_ref, parse_target, read_error
+from worker.providers.layers import LayersProvider, LayersSettings, asset_ref, parse_target, read_error
 from worker.ratelimit import RateLimiter
 from worker.simulator import Simulator, SimulatorState, start_simulator
 from worker.simulator.layers_content import LayersContainer, asset_sha256
@@ -74,7 +74,7 @@ def provider_for(
     limiter: RateLimiter | None = None,
 ) -> LayersProvider:
     settings = LayersSettings(api_key=key, base_url=url)
-    return LayersProvider(http, settings, limiter=limiter or RateLimiter(per_minute=FAST), wall_clock=clock)
+    return LayersProvider(http, settings, limiter=limiter or RateLimiter(per_minute=FAST))
 
 
 @pytest.fixture

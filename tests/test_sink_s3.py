@@ -27,7 +27,6 @@ from worker.models import AssetRef
 from worker.simulator.app import Simulator
 from worker.simulator.cloudlayer_jobs import SimJob
 from worker.simulator.content import content_bytes, content_sha256
-from worker.sinks.s3 import STAGING_DIR, S3Settings, S3Sink, open_s3_sink, parse_s3_url
 from worker.sinks.s3_bucket import PartBody
 from worker.sinks.s3_parts import (
     GIB,
@@ -39,6 +38,8 @@ from worker.sinks.s3_parts import (
     part_size_at,
     part_size_for,
 )
+from worker.sinks.s3_settings import S3Settings, parse_s3_url
+from worker.sinks.s3_sink import STAGING_DIR, S3Sink, open_s3_sink
 from worker.transfer import StoredCopy, TransferOptions, fetch_to_sink
 
 OPTIONS = TransferOptions(egress=SIMULATOR_ONLY)

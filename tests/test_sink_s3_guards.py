@@ -38,7 +38,6 @@ from worker.errors import (
 )
 from worker.simulator.app import Simulator
 from worker.sinks.base import Committed
-from worker.sinks.s3 import STAGING_DIR, S3Sink, S3Upload, open_s3_sink
 from worker.sinks.s3_bucket import (
     RETRY_ATTEMPTS,
     USER_AGENT_EXTRA,
@@ -57,7 +56,8 @@ from worker.sinks.s3_parts import (
     part_size_for,
     round_up_mib,
 )
-from worker.sinks.s3_upload import identical
+from worker.sinks.s3_sink import STAGING_DIR, S3Sink, open_s3_sink
+from worker.sinks.s3_upload import S3Upload, identical
 
 # -- a recording, fault-injecting proxy in front of the real server -----------------------------
 

@@ -22,7 +22,7 @@ from tests.pgserver import PgServer, execute, private_cluster
 from worker.errors import ConfigError, InvalidJob, StoreUnavailable
 from worker.models import JobKey, JobState
 from worker.store import Phase, open_store, postgres_schema
-from worker.store.postgres import PostgresStore
+from worker.store.postgres_store import PostgresStore
 
 A = JobKey("layers", "job-a")
 
@@ -62,12 +62,12 @@ async def test_an_unknown_database_is_a_configuration_error(pg_server: PgServer)
 
 
 async def test_rows_enqueued_in_plain_sql_are_worked_like_any_other(pg_url: str) -> None:
-    """The README's SQL enqueue works as written, and the constraints refuse rows the worker would
-    misread instead of letting them in."""
+    """The SQL enqueue of docs/operations.md works as written, and the constraints refuse rows the
+    worker would misread instead of letting them in."""
     store = await open_store(pg_url)
     conn = await asyncpg.connect(pg_url)
     try:
-        # Exactly the statement the README documents.
+        # Exactly the statement docs/operations.md documents.
         await conn.execute(
             """INSERT INTO asset_worker.jobs (key, provider, upstream_id)
                VALUES ('cloudlayer:from-sql', 'cloudlayer', 'from-sql')
@@ -78,7 +78,7 @@ async def test_rows_enqueued_in_plain_sql_are_worked_like_any_other(pg_url: str)
         claimed = await store.claim(owner="w", phase=Phase.POLL, now=job.due_at + 1, lease_s=10, limit=5)
         assert [j.key for j in claimed] == [job.key]
         bad_rows = [
-            ("cloudlayer:x", "unknown", "x"),  # provider the worker does not serve
+            ("Not A Provider:x", "Not A Provider", "x"),  # no provider can have that name
             ("cloudlayer:y", "cloudlayer", "z"),  # key that disagrees with its parts
             ("layers:has space", "layers", "has space"),  # id the CLI would refuse
         ]
@@ -95,6 +95,14 @@ async def test_rows_enqueued_in_plain_sql_are_worked_like_any_other(pg_url: str)
                 """INSERT INTO asset_worker.jobs (key, provider, upstream_id, state)
                    VALUES ('layers:s', 'layers', 's', 'finished')"""
             )
+        # Which providers exist is the worker's registry's to say (at submit, and at the first
+        # poll for a row like this), not the table's: a worker with a new provider needs no migration.
+        await conn.execute(
+            """INSERT INTO asset_worker.jobs (key, provider, upstream_id)
+               VALUES ('newvendor:1', 'newvendor', '1')"""
+        )
+        (other,) = await store.get([JobKey("newvendor", "1")])
+        assert other.state is JobState.QUEUED
     finally:
         await conn.close()
         await store.close()
@@ -144,13 +152,15 @@ def test_submit_validates_keys_and_destination_before_writing_anything(
 ) -> None:
     """A bad key, or a destination outside the worker's, writes nothing; a good one is stored."""
     monkeypatch.setenv("ASSET_WORKER_DEST", "s3://assets/generated")
-    worker.submit("layers:earlier", store=pg_url)
+    worker.submit("layers:job_earlier", store=pg_url)
     with pytest.raises(InvalidJob):
         worker.submit(["cloudlayer:fine", "nope:bad"], store=pg_url)
+    with pytest.raises(InvalidJob, match="neither a generation job"):  # the provider's own rule
+        worker.submit(["cloudlayer:fine", "layers:foo"], store=pg_url)
     with pytest.raises(ConfigError, match="not inside"):
         worker.submit("cloudlayer:fine", store=pg_url, dest="s3://other-bucket/generated")
     assert [r["key"] for r in asyncio.run(_fetch(pg_url, "SELECT key FROM asset_worker.jobs"))] == [
-        "layers:earlier"
+        "layers:job_earlier"
     ]
     (first,) = worker.submit("cloudlayer:fine", store=pg_url, dest="s3://assets/generated/tenant-a")
     assert first.created and first.job.dest == "s3://assets/generated/tenant-a"

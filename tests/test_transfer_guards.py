@@ -37,7 +37,7 @@ from worker.errors import (
     UpstreamRejected,
     UpstreamUnavailable,
 )
-from worker.models import AssetRef
+from worker.models import AssetRef, Receipt
 from worker.simulator.content import content_bytes
 from worker.sinks.base import Committed, Sink, Upload
 from worker.sinks.file import FileSink
@@ -592,6 +592,9 @@ class RecordingSink:
             key, content_type=content_type, expected_size=expected_size, expected_sha256=expected_sha256
         )
         return RecordedUpload(upload, self.writes)
+
+    async def still_has(self, receipt: Receipt) -> bool:
+        return await self._inner.still_has(receipt)
 
     async def close(self) -> None:
         await self._inner.close()

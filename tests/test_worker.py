@@ -15,8 +15,9 @@ from structlog.testing import capture_logs
 
 from tests.conftest import RecordingSleep, SettingsFactory, poll_until_ready, run_jobs
 from worker.app import open_worker
-from worker.config import CloudlayerSettings, Settings
+from worker.config import Settings
 from worker.models import Job, JobError, JobKey, JobState
+from worker.providers.cloudlayer import CloudlayerSettings
 from worker.simulator.app import Simulator
 from worker.simulator.content import content_sha256
 from worker.statusview import job_to_json
@@ -111,7 +112,7 @@ async def test_job_pending_past_deadline_times_out(sim: Simulator, make_settings
     """A job stuck pending forever fails with poll_timeout once the deadline passes."""
     sim.add_cloudlayer_job(id="stuck", pending_s=None)
     settings = make_settings()
-    settings = dataclasses.replace(settings, poll=dataclasses.replace(settings.poll, deadline_s=0.6))
+    settings = settings.with_schedule(deadline_s=0.6)
     started = time.monotonic()
     (job,) = await run_jobs(settings, ["cloudlayer:stuck"])
     assert job.state is JobState.FAILED and job.error is not None
@@ -255,7 +256,8 @@ async def test_bad_key_fails_with_authentication_error(
 ) -> None:
     """A rejected API key fails the job at once with a clear authentication error (no retries)."""
     sim.add_cloudlayer_job(id="auth", pending_s=0)
-    settings = make_settings(cloudlayer=CloudlayerSettings(api_key="cl-wrong", base_url=sim.url))
+    wrong_key = CloudlayerSettings(api_key="cl-wrong", base_url=sim.url)
+    settings = make_settings().with_options("cloudlayer", wrong_key)
     (job,) = await run_jobs(settings, ["cloudlayer:auth"])
     assert job.state is JobState.FAILED and job.error is not None
     assert job.error.code == "unauthenticated"
@@ -266,7 +268,8 @@ async def test_bad_key_fails_with_authentication_error(
 async def test_missing_key_and_unknown_job(sim: Simulator, make_settings: SettingsFactory) -> None:
     """No key configured and an unknown job id each fail with their own code."""
     (no_key,) = await run_jobs(
-        make_settings(cloudlayer=CloudlayerSettings(api_key=None, base_url=sim.url)), ["cloudlayer:x"]
+        make_settings().with_options("cloudlayer", CloudlayerSettings(api_key=None, base_url=sim.url)),
+        ["cloudlayer:x"],
     )
     assert no_key.error is not None and no_key.error.code == "unauthenticated"
     (unknown,) = await run_jobs(make_settings(store_url=no_key_store(make_settings())), ["cloudlayer:nope"])
@@ -375,8 +378,8 @@ async def test_api_redirect_is_not_followed_with_the_key(
     server = await asyncio.start_server(redirect, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
-        settings = make_settings(
-            cloudlayer=CloudlayerSettings(api_key=sim.api_key, base_url=f"http://127.0.0.1:{port}")
+        settings = make_settings().with_options(
+            "cloudlayer", CloudlayerSettings(api_key=sim.api_key, base_url=f"http://127.0.0.1:{port}")
         )
         (job,) = await run_jobs(settings, ["cloudlayer:moved"])
     finally:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import hashlib
 import time
 from pathlib import Path
@@ -11,7 +10,7 @@ from urllib.parse import unquote, urlsplit
 
 from structlog.testing import capture_logs
 
-from tests.conftest import SettingsFactory, poll_until_ready, run_jobs
+from tests.conftest import SettingsFactory, poll_until_ready, run_jobs, simulator_providers
 from worker.app import open_worker
 from worker.models import JobKey, JobState
 from worker.simulator.app import Simulator
@@ -133,10 +132,8 @@ async def test_scope_and_missing_container_fail_with_vendor_codes(
     sim.set_layers_key("lp_jobs_only", ["jobs:read"])
     container = sim.add_layers_container(format="video", size=1000)
     settings = make_settings()
-    limited = settings.layers.__class__(
-        api_key="lp_jobs_only", base_url=sim.layers_url, poll=settings.layers.poll, reads_per_min=6000
-    )
-    (scoped,) = await run_jobs(make_settings(layers=limited), [f"layers:{container.id}"])
+    limited = simulator_providers(sim, api_key="lp_jobs_only")
+    (scoped,) = await run_jobs(make_settings(providers=limited), [f"layers:{container.id}"])
     assert scoped.error is not None and scoped.error.code == "forbidden_scope"
     assert "content:read" in scoped.error.message
     missing = "cnt_00000000-0000-4000-8000-000000000000"
@@ -171,7 +168,7 @@ async def test_container_back_to_processing_is_polled_afresh(
     fresh deadline (not the one that started at its first poll), then stores the new set only."""
     container = sim.add_layers_container(format="video", size=30_000)
     settings = make_settings()
-    settings = dataclasses.replace(settings, poll=dataclasses.replace(settings.poll, deadline_s=1.0))
+    settings = settings.with_schedule(deadline_s=1.0)
     key = JobKey.parse(f"layers:{container.id}")
     async with open_worker(settings) as worker:
         await worker.store.submit(key, now=time.time())

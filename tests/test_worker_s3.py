@@ -23,7 +23,7 @@ from worker.statusview import job_to_json
 
 
 async def run(settings_factory: SettingsFactory, s3: S3Settings, keys: list[str]) -> list[Job]:
-    settings = settings_factory(dest_url=f"s3://{s3.bucket}/{s3.prefix}", s3=s3)
+    settings = settings_factory(dest_url=f"s3://{s3.bucket}/{s3.prefix}", dest_settings=s3)
     async with open_worker(settings) as worker:
         parsed = [JobKey.parse(k) for k in keys]
         for key in parsed:
@@ -86,7 +86,7 @@ async def test_janitor_aborts_stale_uploads_at_start(
     await client.create_multipart_upload(Bucket=s3_server.bucket, Key=f"{prefix}/cloudlayer/x/orphan.pdf")
     await asyncio.sleep(1.1)
     s3 = dataclasses.replace(s3_settings(s3_server, prefix), janitor_age_s=1.0)
-    async with open_worker(make_settings(dest_url=f"s3://{s3.bucket}/{s3.prefix}", s3=s3)):
+    async with open_worker(make_settings(dest_url=f"s3://{s3.bucket}/{s3.prefix}", dest_settings=s3)):
         pass
     listed = await client.list_multipart_uploads(Bucket=s3_server.bucket, Prefix=f"{prefix}/")
     assert listed.get("Uploads", []) == []

@@ -99,7 +99,7 @@ MODULES: tuple[Module, ...] = (
     Module(
         "sinks/s3",
         (
-            "worker/sinks/s3.py",
+            "worker/sinks/s3_sink.py",
             "worker/sinks/s3_upload.py",
             "worker/sinks/s3_bucket.py",
             "worker/sinks/s3_errors.py",
@@ -117,7 +117,7 @@ MODULES: tuple[Module, ...] = (
     ),
     Module(
         "store/postgres fencing",
-        ("worker/store/postgres.py",),
+        ("worker/store/postgres_store.py",),
         ("tests/test_store.py", "tests/test_store_postgres.py", "tests/test_store_fencing.py"),
         _STORE_FENCING,
         needs_postgres=True,

@@ -14,27 +14,25 @@ import structlog
 
 from worker.aio import finish_cleanups
 from worker.clock import Clock, SystemClock
-from worker.config import HttpBinding, Settings, dest_path, secret_values
+from worker.config import Settings, secret_values
 from worker.destinations import SinkRouter
 from worker.egress import EgressPolicy
 from worker.egress_session import new_upstream_session
 from worker.engine import Engine, EngineSettings
-from worker.errors import StoreUnavailable, WorkerError
+from worker.errors import ConfigError, StoreUnavailable
+from worker.http.binding import HttpBinding
 from worker.http.server import serve
 from worker.http.state import Service
 from worker.httpclient import HttpClient, new_api_session
 from worker.lease import Sleep
 from worker.metrics import Metrics
 from worker.policy import Backoff
-from worker.providers.base import Provider
-from worker.providers.cloudlayer import CloudlayerProvider
-from worker.providers.layers import LayersProvider
-from worker.ratelimit import RateLimiter
+from worker.providers import PROVIDERS
+from worker.providers.base import Provider, ProviderContext
 from worker.redaction import register_secrets
-from worker.runner import Housekeeping, Runner, RunnerSettings
+from worker.runner import Runner, RunnerSettings
 from worker.sdnotify import Notifier
-from worker.sinks.base import Sink
-from worker.sinks.file import FileSink
+from worker.sinks import sink_for
 from worker.store import Store, open_store
 from worker.transfer import TransferOptions
 
@@ -51,30 +49,15 @@ class Worker:
     clock: Clock
 
 
-@asynccontextmanager
-async def _open_sink(settings: Settings) -> AsyncIterator[tuple[Sink, Housekeeping | None]]:
-    """The destination: files on disk, or S3 (one client per process, imported only when used),
-    with the periodic clean-up it needs."""
-    if settings.s3 is None:
-        yield FileSink(dest_path(settings.dest_url)), None
-        return
-    from worker.sinks.s3 import open_s3_sink
-
-    async with open_s3_sink(settings.s3) as s3_sink:
-
-        async def janitor() -> None:
-            report = await s3_sink.abort_stale_uploads()
-            log.info(
-                "s3_janitor", aborted_uploads=report.aborted_uploads, removed_staged=report.removed_staged
-            )
-
-        # Once now, then (in the runner) four times per janitor age: a dead worker's uploads are
-        # gone within 1.25 ages.
-        try:
-            await janitor()
-        except WorkerError as exc:
-            log.warning("housekeeping_failed", error=exc.code, message=exc.message)
-        yield s3_sink, (janitor, settings.s3.janitor_age_s / 4)
+def build_providers(settings: Settings, http: Callable[[str], HttpClient]) -> dict[str, Provider]:
+    """One provider per configured one, each with its settings, schedule and API client."""
+    providers: dict[str, Provider] = {}
+    for name, config in settings.providers.items():
+        spec = PROVIDERS.get(name)
+        if spec is None:
+            raise ConfigError(f"settings name provider {name!r}, which is not registered")
+        providers[name] = spec.build(ProviderContext(http(name)), config.options, config.schedule)
+    return providers
 
 
 async def open_store_when_reachable(settings: Settings, *, stop: asyncio.Event) -> Store | None:
@@ -145,25 +128,18 @@ async def open_worker(
                     on_retry=metrics.retry_observer(provider),
                 )
 
-            providers: dict[str, Provider] = {
-                "cloudlayer": CloudlayerProvider(http("cloudlayer"), settings.cloudlayer, settings.poll),
-                # One limiter for every Layers read of this process: the budget is per API key.
-                "layers": LayersProvider(
-                    http("layers"),
-                    settings.layers,
-                    limiter=RateLimiter(per_minute=settings.layers.reads_per_min),
-                    wall_clock=clock.now,
-                ),
-            }
-            sink, housekeeping = await stack.enter_async_context(_open_sink(settings))
+            providers = build_providers(settings, http)
+            # The destination, with the periodic clean-up it needs (its client imported only now).
+            opened = await stack.enter_async_context(
+                sink_for(settings.dest_url).open(settings.sink_settings())
+            )
             engine = Engine(
                 store=store,
                 providers=providers,
-                sinks=SinkRouter(sink, settings.dest_url),
+                sinks=SinkRouter(opened.sink, settings.dest_url),
                 session=upstream,
                 settings=EngineSettings(
                     path_template=settings.path_template,
-                    poll_deadline_s=settings.poll.deadline_s,
                     max_attempts=settings.max_attempts,
                     transfer=TransferOptions(
                         chunk_bytes=settings.chunk_bytes,
@@ -172,7 +148,6 @@ async def open_worker(
                         min_speed_window_s=limits.min_speed_window_s,
                         egress=egress,
                     ),
-                    expiry_margin_s=settings.layers.expiry_margin_s,
                     destination_backoff=Backoff(
                         initial_s=min(1.0, limits.dest_retry_max_s), max_s=limits.dest_retry_max_s
                     ),
@@ -199,7 +174,7 @@ async def open_worker(
                     grace_s=settings.grace_s,
                 ),
                 clock=clock,
-                housekeeping=housekeeping,
+                housekeeping=opened.housekeeping,
             )
             metrics.track_in_flight(runner.in_flight_by_phase)
             try:

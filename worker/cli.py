@@ -23,11 +23,14 @@ import structlog
 
 from worker import log as worker_log
 from worker.app import open_store_when_reachable, open_worker, run_service
-from worker.config import CloudlayerSettings, Settings, from_env, http_binding, secret_values
+from worker.config import Settings, from_env, secret_values
 from worker.errors import ConfigError, InvalidJob, StoreUnusable, WorkerError
+from worker.http.binding import http_binding
 from worker.models import JobKey
+from worker.providers import PROVIDERS, parse_key
 from worker.redaction import register_secrets
 from worker.sdnotify import Notifier
+from worker.simulator import command as simulator_command
 from worker.statusview import job_to_json, render_table
 from worker.store import open_store
 
@@ -52,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-format", choices=["auto", "json", "console"])
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    submit = commands.add_parser("submit", help="queue jobs by key, e.g. cloudlayer:<jobId>")
+    examples = ", ".join(spec.key_example for spec in PROVIDERS.values())
+    submit = commands.add_parser("submit", help=f"queue jobs by key ({examples})")
     submit.add_argument("keys", nargs="+", metavar="KEY")
     submit.add_argument("--force", action="store_true", help="re-queue jobs that already finished")
 
@@ -68,11 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print the status JSON array")
 
     simulate = commands.add_parser("simulate", help="serve the simulated upstream APIs on loopback")
-    simulate.add_argument("--host", default="127.0.0.1")
-    simulate.add_argument("--port", type=int, default=8787)
-    simulate.add_argument("--api-key", default="cl-sim-key", help="the cloudlayer API key it accepts")
-    simulate.add_argument("--layers-port", type=int, default=8788, help="port of the Layers API (/v1/...)")
-    simulate.add_argument("--layers-api-key", default="lp_sim_key", help="the Layers bearer key it accepts")
+    simulator_command.add_arguments(simulate, port=8787, layers_port=8788)
 
     demo = commands.add_parser("demo", help="run the worker end to end against the built-in simulator")
     demo.add_argument("--dir", default="asset-worker-demo", help="where the demo keeps its store and files")
@@ -121,15 +121,7 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         case "status":
             return await _status(settings, args.keys, as_json=args.json)
         case "simulate":
-            from worker.simulator.app import serve
-
-            await serve(
-                args.host,
-                args.port,
-                args.api_key,
-                layers_api_key=args.layers_api_key,
-                layers_port=args.layers_port,
-            )
+            await simulator_command.run(args)
             return EXIT_OK
         case "demo":
             from worker.demo import run_demo
@@ -140,7 +132,7 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _submit(settings: Settings, raw_keys: Sequence[str], *, force: bool) -> int:
-    keys = [JobKey.parse(k) for k in raw_keys]  # every key is checked before any is written
+    keys = [parse_key(k) for k in raw_keys]  # every key is checked before any is written
     store = await open_store(settings.store_url, pool_size=settings.pg_pool_size)
     try:
         now = time.time()
@@ -201,11 +193,11 @@ async def _run(settings: Settings, *, until_idle: bool, http: bool) -> int:
             logger.warning("shutdown_forced", signal=signal.Signals(signum).name)
             main_task.cancel()
 
-    if settings.poll.initial_s < 2.0 and settings.cloudlayer.base_url == CloudlayerSettings().base_url:
-        # The vendor asks for no polling faster than every 2 s ("each poll is a database read").
-        structlog.get_logger("worker.cli").warning(
-            "poll_interval_below_vendor_minimum", poll_initial_s=settings.poll.initial_s, minimum_s=2.0
-        )
+    for name, config in settings.providers.items():
+        spec = PROVIDERS.get(name)
+        for event, fields in spec.advice(config.options, config.schedule) if spec is not None else ():
+            # e.g. a poll schedule faster than the vendor allows
+            structlog.get_logger("worker.cli").warning(event, provider=name, **fields)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)

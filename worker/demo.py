@@ -21,8 +21,11 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from worker.app import open_worker
-from worker.config import CloudlayerSettings, LayersSettings, PollSettings, Settings
+from worker.config import Settings
 from worker.models import Job, JobKey, JobState
+from worker.providers.base import ProviderConfig, Schedule
+from worker.providers.cloudlayer import CloudlayerSettings
+from worker.providers.layers import LayersSettings
 from worker.simulator.app import Simulator, start_simulator
 from worker.simulator.content import content_sha256
 from worker.statusview import render_table
@@ -130,16 +133,20 @@ def demo_settings(base: Settings, directory: Path, sim: Simulator) -> Settings:
         ),
         store_url=f"sqlite:///{directory / 'asset-worker.db'}",
         dest_url=str(directory / "assets"),
+        dest_settings=None,
         claim_interval_s=0.2,
-        poll=PollSettings(initial_s=0.2, max_s=1.0, multiplier=1.5, deadline_s=120.0),
         http=dataclasses.replace(base.http, backoff_initial_s=0.1, backoff_max_s=1.0),
-        cloudlayer=CloudlayerSettings(api_key=sim.api_key, base_url=sim.url, api_version="v2"),
-        layers=LayersSettings(
-            api_key=sim.layers_api_key,
-            base_url=sim.layers_url,
-            poll=PollSettings(initial_s=0.2, max_s=1.0, multiplier=1.3, deadline_s=120.0),
-            reads_per_min=1200,  # the simulator runs at the pilot tier for the demo
-        ),
+        providers={
+            "cloudlayer": ProviderConfig(
+                CloudlayerSettings(api_key=sim.api_key, base_url=sim.url, api_version="v2"),
+                Schedule(initial_s=0.2, max_s=1.0, multiplier=1.5, deadline_s=120.0),
+            ),
+            "layers": ProviderConfig(
+                # The simulator runs at the pilot tier for the demo.
+                LayersSettings(api_key=sim.layers_api_key, base_url=sim.layers_url, reads_per_min=1200),
+                Schedule(initial_s=0.2, max_s=1.0, multiplier=1.3, deadline_s=120.0),
+            ),
+        },
     )
 
 

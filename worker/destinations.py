@@ -1,8 +1,8 @@
 """Which sink a job's files go to: the worker's destination, or a job's own place inside it.
 
 A per-job destination (``Job.dest``, set through the HTTP API) is always a directory or prefix
-inside the worker's ``ASSET_WORKER_DEST`` (``config.parse_dest`` enforces it at submit time, and
-again here, because the worker that runs the job may be configured differently from the one that
+inside the worker's ``ASSET_WORKER_DEST`` (``parse_dest`` enforces it at submit time, and again
+here, because the worker that runs the job may be configured differently from the one that
 accepted it). So every job is served by the one sink the worker opened, with its keys placed
 below the job's sub-path: the file sink's checks against symlinks leaving its root, and for S3 the
 one client, its settings and the janitor watching the prefix, all apply unchanged.
@@ -12,10 +12,25 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from worker.config import parse_dest
 from worker.errors import ConfigError, StorageRejected
+from worker.models import Receipt
 from worker.policy import Backoff
-from worker.sinks.base import Sink, Upload
+from worker.sinks import sink_for
+from worker.sinks.base import JobDest, Sink, Upload
+
+
+def parse_dest(text: str, *, base_url: str) -> JobDest:
+    """Validate a per-job destination against the worker's own (``ASSET_WORKER_DEST``).
+
+    The policy: a token holder may choose a directory or prefix *inside* the worker's destination,
+    nothing else: ``/srv/assets/tenant-a`` (or ``file:///srv/assets/tenant-a``) under a file
+    destination ``/srv/assets``, ``s3://bucket/prefix/tenant-a`` under ``s3://bucket/prefix``; the
+    extra segments are plain names (``[A-Za-z0-9._-]``, not starting with a dot, at most
+    ``MAX_DEST_DEPTH``). So the API can never write where the operator did not point the worker
+    (its store, its home, another bucket), and a destination's housekeeping (the S3 janitor,
+    watching the prefix) still covers every upload. Raises ``ConfigError``.
+    """
+    return sink_for(base_url).job_dest(text, base_url)
 
 
 class SubdirSink:
@@ -48,6 +63,9 @@ class SubdirSink:
             expected_size=expected_size,
             expected_sha256=expected_sha256,
         )
+
+    async def still_has(self, receipt: Receipt) -> bool:
+        return await self._base.still_has(receipt)
 
     async def close(self) -> None:
         return None  # the base sink belongs to whoever opened it

@@ -24,9 +24,8 @@ import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 
-from worker.config import HttpSettings
 from worker.egress import EgressPolicy
-from worker.httpclient import new_session
+from worker.httpclient import HttpSettings, new_session
 
 
 class EgressRefused(OSError):

@@ -1,5 +1,8 @@
 """One job's lifecycle, one step at a time: poll it, or transfer its assets, then record the result.
 
+A little over 400 lines on purpose: the handling of every error a step can meet reads top to bottom
+in one place (vendor rules live with the providers, destination rules with the sinks).
+
 The engine holds no state between steps: everything it decides goes to the store (a new
 ``due_at``, the asset set, a receipt, a final state), so any worker can take the next step.
 
@@ -21,14 +24,11 @@ Error handling by class, never by message:
 
 from __future__ import annotations
 
-import asyncio
 import functools
-import os
 import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from urllib.parse import unquote, urlsplit
 
 import aiohttp
 import structlog
@@ -74,13 +74,13 @@ log = structlog.get_logger("worker.engine")
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EngineSettings:
+    """What the engine decides by. How often each job is polled, when polling gives up and when a
+    URL is refreshed before its expiry are its provider's (``Provider.schedule``)."""
+
     path_template: str
-    poll_deadline_s: float
     max_attempts: int
     transfer: TransferOptions
     retry_backoff: Backoff
-    # Refresh a signed URL this long before its published expiry instead of letting it fail.
-    expiry_margin_s: float = 60.0
     # How long a job waits for a full or unreachable destination (grows, capped).
     destination_backoff: Backoff = field(default_factory=lambda: Backoff(initial_s=1.0, max_s=60.0))
 
@@ -115,17 +115,23 @@ class Engine:
     async def poll(self, job: Job, lease: Lease) -> bool:
         """Poll once. Returns True when the job became ready for transfer."""
         owner = lease.token
-        now = self._clock.now()
-        started = job.polling_since if job.polling_since is not None else now
-        deadline_at = started + self._settings.poll_deadline_s
-        if now >= deadline_at:
-            last = job.provider_state.get("last_status", "pending")
-            message = f"still {last!r} upstream after {self._settings.poll_deadline_s:g} s of polling"
-            await self._finish(job, owner, JobState.FAILED, JobError("poll_timeout", message))
-            return False
         polls = self._metrics.polls
         try:
             provider = self._provider(job)
+        except InvalidJob as exc:
+            polls.labels(provider=job.key.provider, result="rejected").inc()
+            await self._finish(job, owner, JobState.FAILED, JobError(exc.code, exc.message))
+            return False
+        now = self._clock.now()
+        started = job.polling_since if job.polling_since is not None else now
+        deadline_s = provider.schedule.deadline_s
+        deadline_at = started + deadline_s
+        if now >= deadline_at:
+            last = job.provider_state.get("last_status", "pending")
+            message = f"still {last!r} upstream after {deadline_s:g} s of polling"
+            await self._finish(job, owner, JobState.FAILED, JobError("poll_timeout", message))
+            return False
+        try:
             outcome = await provider.poll(job)
         except (UpstreamRejected, InvalidJob) as exc:
             polls.labels(provider=job.key.provider, result="rejected").inc()
@@ -170,7 +176,7 @@ class Engine:
         # The clock is read after the poll: its request retries may have taken minutes, and the
         # next poll must still wait a whole delay from now.
         now = self._clock.now()
-        delay = self._provider(job).poll_backoff.delay(job.polls, self._rand)
+        delay = self._provider(job).schedule.backoff.delay(job.polls, self._rand)
         # Never sleep past the deadline: the next claim then fails the job on time.
         due_at = min(now + delay, deadline_at)
         await self._store.reschedule(
@@ -261,7 +267,7 @@ class Engine:
         # is published where the job's files belong.
         if found is None or not sink.owns(found.uri):
             return None
-        if not await asyncio.to_thread(_copy_still_there, found):
+        if not await sink.still_has(found):
             return None
         return Receipt(
             asset_id=ref.asset_id,
@@ -321,7 +327,7 @@ class Engine:
                 await lease.confirm()
             if (
                 ref.expires_at is not None
-                and self._clock.now() > ref.expires_at - self._settings.expiry_margin_s
+                and self._clock.now() > ref.expires_at - provider.schedule.expiry_margin_s
             ):
                 needs_refresh = True
             try:
@@ -423,14 +429,3 @@ class Engine:
             error=error.message if error else None,
         )
 
-
-def _copy_still_there(receipt: Receipt) -> bool:
-    """Whether a stored copy can be reused: a local file must still exist with its size; other
-    destinations are trusted (checking would cost a request per asset)."""
-    if not receipt.uri.startswith("file://"):
-        return True
-    path = unquote(urlsplit(receipt.uri).path)
-    try:
-        return os.path.getsize(path) == receipt.size
-    except OSError:
-        return False

@@ -14,8 +14,10 @@ import asyncio
 import time
 from collections.abc import Iterable
 
-from worker.config import from_env, parse_dest
+from worker.config import from_env
+from worker.destinations import parse_dest
 from worker.models import JobKey
+from worker.providers import parse_key
 from worker.store import Store, SubmitResult, open_store
 
 Keys = str | JobKey | Iterable[str | JobKey]
@@ -71,7 +73,7 @@ def submit(
 def _parse(keys: Keys) -> list[JobKey]:
     # A lone string is one key, not an iterable of characters.
     items: Iterable[str | JobKey] = [keys] if isinstance(keys, str | JobKey) else keys
-    return [key if isinstance(key, JobKey) else JobKey.parse(key) for key in items]
+    return [parse_key(str(key)) for key in items]
 
 
 async def _submit_all(

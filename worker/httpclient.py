@@ -21,12 +21,24 @@ import aiohttp
 import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
-from worker.config import HttpSettings
 from worker.errors import UpstreamRejected, UpstreamUnavailable, describe, strip_query
 from worker.jsonbody import ACCEPT_ENCODING, BodyRefused, BoundedBody, parse_json, try_parse_json
 from worker.lease import Sleep, current_progress, deliberate_sleep
 from worker.policy import Backoff, is_retryable_status, parse_retry_after
 from worker.ratelimit import RateLimiter
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HttpSettings:
+    """Request-level behaviour shared by every upstream call."""
+
+    request_attempts: int = 5
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 30.0
+    retry_after_max_s: float = 120.0
+    connect_timeout_s: float = 10.0
+    read_timeout_s: float = 60.0
+
 
 log = structlog.get_logger("worker.http")
 

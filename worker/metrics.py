@@ -27,7 +27,8 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from worker.errors import WorkerError
-from worker.models import PROVIDERS, JobState
+from worker.models import JobState
+from worker.providers import PROVIDERS
 from worker.store.base import Phase, QueueStats, Store
 
 log = structlog.get_logger("worker.metrics")

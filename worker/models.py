@@ -10,13 +10,12 @@ from typing import Any
 from worker.errors import InvalidJob
 from worker.redaction import safe_text
 
-PROVIDERS: tuple[str, ...] = ("cloudlayer", "layers")
-
 # Upstream ids are opaque, but a key is also typed by people and passed in URLs and shell
 # commands: printable, no whitespace, bounded. Sanitising for the file system happens in naming.
 # No C0/C1 control characters, and no lone surrogates: JSON's "\ud800" escape produces them, and
 # they cannot be encoded as UTF-8, so the store could not write the key. The API document's key
 # pattern (worker/http/openapi.json) is this same class.
+_PROVIDER_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")
 _UPSTREAM_ID = re.compile(r"^[^\s\x00-\x1f\x7f-\x9f\ud800-\udfff]{1,256}$")
 
 
@@ -50,13 +49,16 @@ class JobKey:
 
     @classmethod
     def parse(cls, text: str) -> JobKey:
+        """The form of a key only; whether a provider of that name exists, and whether the id can
+        be one of its, is ``worker.providers.parse_key``'s to say."""
         provider, sep, upstream_id = text.strip().partition(":")
         if not sep:
             raise InvalidJob(f"job key {text!r} must look like <provider>:<upstream id>")
         provider = provider.lower()
-        if provider not in PROVIDERS:
-            known = ", ".join(PROVIDERS)
-            raise InvalidJob(f"job key {text!r} names unknown provider {provider!r} (known: {known})")
+        if not _PROVIDER_NAME.match(provider):
+            raise InvalidJob(
+                f"job key {text!r}: the provider name must be lower-case letters, digits, '_' or '-'"
+            )
         if not _UPSTREAM_ID.match(upstream_id):
             raise InvalidJob(
                 f"job key {text!r}: the upstream id must be 1-256 printable characters without spaces"

@@ -1,8 +1,9 @@
 """Client-side rate limiting: stay inside a vendor's published request budget.
 
-A token bucket per (provider, endpoint class). Its capacity is deliberately small (a few seconds'
-worth of requests), so a backlog of hundreds of pending jobs turns into an even stream of polls
-rather than a burst that empties the vendor's bucket and earns a row of 429s.
+A token bucket per vendor budget: a provider whose vendor meters requests per API key (Layers'
+reads) builds one limiter and passes every request through it. Its capacity is deliberately small
+(a few seconds' worth of requests), so a backlog of hundreds of pending jobs turns into an even
+stream of polls rather than a burst that empties the vendor's bucket and earns a row of 429s.
 """
 
 from __future__ import annotations
@@ -58,14 +59,8 @@ class RateLimiter:
         self._sleep = sleep
         # One waiter at a time takes the next token: requests leave in the order they arrived.
         self._lock = asyncio.Lock()
-        self.waited_s = 0.0
-
-    @property
-    def per_minute(self) -> float:
-        return self._bucket.rate_per_s * 60.0
 
     async def acquire(self) -> None:
         async with self._lock:
             while (delay := self._bucket.take(self._monotonic())) > 0:
-                self.waited_s += delay
                 await self._sleep(delay)

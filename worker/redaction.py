@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Iterable
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, unquote, urlsplit, urlunsplit
 
 MASK = "***"
 # Long enough for any real message, short enough that storing or logging it costs nothing.
@@ -95,3 +95,26 @@ def _strip_match(match: re.Match[str]) -> str:
     if "?" not in url and "#" not in url and "@" not in url:
         return url
     return strip_query(url)
+
+
+def url_password(url: str) -> str | None:
+    """The password of a URL (a store's), from its userinfo or a ``password=`` query parameter."""
+    parts = urlsplit(url)
+    if parts.password:
+        return unquote(parts.password)
+    for name, value in parse_qsl(parts.query, keep_blank_values=False):
+        if name.lower() == "password" and value:
+            return value
+    return None
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password (in the userinfo or a ``password=`` parameter) replaced by
+    ``***``: safe for error messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is not None:
+        parts = parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1))
+    if parts.query:
+        query = re.sub(r"(?i)(^|&)(password=)[^&]*", r"\1\2***", parts.query)
+        parts = parts._replace(query=query)
+    return parts.geturl()

@@ -1,7 +1,7 @@
 """The status JSON contract and the human table (pure).
 
 ``asset-worker status --json`` prints a JSON array of :func:`job_to_json` objects; other tools
-parse it, so its shape is stable: see the README.
+parse it, so its shape is stable: see docs/status.md.
 """
 
 from __future__ import annotations

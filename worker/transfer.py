@@ -1,5 +1,8 @@
 """Stream one asset from its URL into a sink, hashing on the way, and commit only verified bytes.
 
+Longer than most modules on purpose: request, redirects, resume, limits, verification and commit
+share one attempt's state, and every check that guards a byte is in this one file.
+
 The body is read on the event loop while the previous chunk is hashed (in a thread: hashlib
 releases the GIL) and written (aiofiles, also a thread): receiving, hashing and writing overlap,
 and memory stays at about two chunks whatever the file size. A body that breaks off is resumed

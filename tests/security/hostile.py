@@ -20,7 +20,8 @@ from typing import Any
 
 from aiohttp import web
 
-from worker.config import CloudlayerSettings, HttpSettings, LimitSettings, PollSettings, Settings
+from worker.config import HttpSettings, LimitSettings, Settings
+from worker.providers.cloudlayer import CloudlayerSettings
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 API_KEY = "cl-hostile-test-key-7f3a9c"
@@ -122,9 +123,10 @@ def hostile_settings(tmp_path: Path, hostile: Hostile, **changes: Any) -> Settin
         grace_s=2.0,
         worker_id="hostile-test",
         max_attempts=3,
-        poll=PollSettings(initial_s=0.05, max_s=0.2, multiplier=1.5, deadline_s=20.0),
         http=HttpSettings(request_attempts=2, backoff_initial_s=0.02, backoff_max_s=0.05, read_timeout_s=5.0),
-        cloudlayer=CloudlayerSettings(api_key=API_KEY, base_url=hostile.url, api_version="v2"),
+    ).with_schedule(initial_s=0.05, max_s=0.2, multiplier=1.5, deadline_s=20.0)
+    base = base.with_options(
+        "cloudlayer", CloudlayerSettings(api_key=API_KEY, base_url=hostile.url, api_version="v2")
     )
     return dataclasses.replace(base, **changes)
 

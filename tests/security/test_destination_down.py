@@ -183,7 +183,7 @@ async def test_an_unreachable_s3_pauses_jobs_until_it_returns(
     keys = [JobKey("cloudlayer", j.id) for j in sim_jobs]
     async with switchable_proxy(s3_server.endpoint_url) as proxy:
         s3 = dataclasses.replace(s3_settings(s3_server, prefix), endpoint_url=proxy.url)
-        settings = quick_retries(make_settings(dest_url=f"s3://{s3.bucket}/{s3.prefix}", s3=s3))
+        settings = quick_retries(make_settings(dest_url=f"s3://{s3.bucket}/{s3.prefix}", dest_settings=s3))
         async with running(settings) as (worker, url, session):
             await proxy.down()
             for key in keys:

@@ -61,8 +61,8 @@ async def test_a_limit_that_is_not_ascii_digits_is_an_invalid_limit(make_setting
 async def test_a_cursor_with_an_out_of_range_time_or_bad_key_is_invalid(
     make_settings: SettingsFactory,
 ) -> None:
-    """A cursor holding a 400-digit number, NaN, a negative time, or a key the store cannot hold
-    (NUL, lone surrogate), or characters outside urlsafe base64, is 400 invalid_cursor."""
+    """A cursor holding a 400-digit number, NaN, a negative time, or something that is not a key
+    (NUL, lone surrogate, no provider), or characters outside urlsafe base64, is 400 invalid_cursor."""
     cursors = [
         cursor_of('{"submitted_at": ' + "1234567890" * 40 + ', "key": "cloudlayer:x"}'),
         cursor_of('{"submitted_at": -' + "9" * 400 + ', "key": "cloudlayer:x"}'),
@@ -71,7 +71,8 @@ async def test_a_cursor_with_an_out_of_range_time_or_bad_key_is_invalid(
         cursor_of('{"submitted_at": -1, "key": "cloudlayer:x"}'),
         cursor_of('{"submitted_at": 1, "key": "cloudlayer:\\u0000"}'),
         cursor_of('{"submitted_at": 1, "key": "cloudlayer:\\ud800"}'),
-        cursor_of('{"submitted_at": 1, "key": "nobody:x"}'),
+        cursor_of('{"submitted_at": 1, "key": "no key"}'),
+        cursor_of('{"submitted_at": 1, "key": "Not A Provider:x"}'),
         cursor_of("[" * 1500),
         cursor_of('{"submitted_at": 1, "key": "cloudlayer:x"}') + "!!",  # base64 would skip "!"
         "A" * 2049,
@@ -89,13 +90,13 @@ async def test_the_longest_cursor_the_api_makes_is_accepted(make_settings: Setti
         wide = "cloudlayer:" + "\U0001f600" * 256
         # Submitted together, pages go by key: the wide one ("\U0001f600" sorts after ASCII) is the
         # last of the first page, so its cursor is the one handed out.
-        await api.submit({"key": "cloudlayer:a"}, {"key": wide}, {"key": "layers:z"})
+        await api.submit({"key": "cloudlayer:a"}, {"key": wide}, {"key": "layers:job_z"})
         first = await api.list_jobs(limit="2")
         assert first.status == 200 and [j["key"] for j in first.body["jobs"]] == ["cloudlayer:a", wide]
         assert len(first.body["next_cursor"]) > 1024
         rest = await api.list_jobs(limit="2", cursor=first.body["next_cursor"])
         assert rest.status == 200, rest.body
-        assert [j["key"] for j in rest.body["jobs"]] == ["layers:z"]
+        assert [j["key"] for j in rest.body["jobs"]] == ["layers:job_z"]
 
 
 async def test_a_dest_that_urlsplit_refuses_is_an_invalid_dest(make_settings: SettingsFactory) -> None:

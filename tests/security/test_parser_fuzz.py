@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import time
 import zlib
 from typing import Any
 
@@ -14,15 +13,16 @@ from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
 from tests.security.hostile import API_KEY, Hostile
-from worker.config import CloudlayerSettings, HttpSettings, LayersSettings, PollSettings
+from worker.config import HttpSettings
 from worker.egress import EgressPolicy, refusal_reason
 from worker.errors import UpstreamRejected, UpstreamUnavailable
 from worker.httpclient import HttpClient, default_error_reader, new_api_session
 from worker.jsonbody import BodyRefused, BoundedBody, parse_json
 from worker.models import AssetRef, Failed, Job, JobKey, JobState, Pending, Ready
 from worker.providers import layers
-from worker.providers.cloudlayer import CloudlayerProvider
-from worker.providers.layers import LayersProvider
+from worker.providers.base import Schedule
+from worker.providers.cloudlayer import CloudlayerProvider, CloudlayerSettings
+from worker.providers.layers import LayersProvider, LayersSettings
 from worker.ratelimit import RateLimiter
 from worker.redaction import register_secrets, safe_text
 
@@ -108,7 +108,7 @@ layers_bodies = job_like(layers_container)
 descriptors = job_like(layers_descriptor)
 
 HTTP = HttpSettings(request_attempts=1, backoff_initial_s=0.01, backoff_max_s=0.01)
-FAST = PollSettings(initial_s=0.05, max_s=0.1)
+FAST = Schedule(initial_s=0.05, max_s=0.1)
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
@@ -166,9 +166,9 @@ async def test_layers_answers_never_crash_a_poll(hostile: Hostile, container: An
     async with new_api_session(HTTP) as session:
         provider = LayersProvider(
             HttpClient(session, HTTP),
-            LayersSettings(api_key="lp_fuzz_key_123", base_url=hostile.url, poll=FAST),
+            LayersSettings(api_key="lp_fuzz_key_123", base_url=hostile.url),
+            FAST,
             limiter=RateLimiter(per_minute=1e9),
-            wall_clock=time.time,
         )
         try:
             check_outcome(await provider.poll(job(f"layers:{container_id}")))

@@ -18,7 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
-from worker.config import parse_dest
+from worker.destinations import parse_dest
 from worker.errors import ConfigError, InvalidJob
 from worker.http.errors import ApiError
 from worker.http.state import (
@@ -31,6 +31,7 @@ from worker.http.state import (
 )
 from worker.jsonbody import BodyRefused, parse_json
 from worker.models import Job, JobKey, JobState
+from worker.providers import parse_key
 from worker.statusview import job_to_json
 from worker.store.base import Cursor
 
@@ -66,9 +67,9 @@ async def submit_jobs(request: web.Request) -> web.Response:
         _no_unknown_fields(item, {"key", "dest"}, where)
         raw_key, raw_dest = item.get("key"), item.get("dest")
         if not isinstance(raw_key, str):
-            raise ApiError("invalid_request", f"{where}.key must be a string such as cloudlayer:<jobId>")
+            raise ApiError("invalid_request", f"{where}.key must be a string <provider>:<upstream id>")
         try:
-            key = JobKey.parse(raw_key)
+            key = parse_key(raw_key)
         except InvalidJob as exc:
             raise ApiError("invalid_job_key", f"{where}.key: {exc.message}") from exc
         if key in seen:

@@ -7,16 +7,18 @@ intermediate state upstream must not fail jobs that will still succeed.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
 import structlog
 
-from worker.config import CloudlayerSettings, PollSettings
+from worker.envvars import Var, choice, http_url, optional_text, section
 from worker.errors import UpstreamRejected
 from worker.httpclient import HttpClient, default_error_reader
 from worker.models import AssetRef, Failed, Job, Pending, PollOutcome, Ready
-from worker.policy import Backoff
+from worker.providers.base import ProviderContext, ProviderSpec, Schedule
 
 log = structlog.get_logger("worker.providers.cloudlayer")
 
@@ -65,13 +67,32 @@ def _text(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+DEFAULT_BASE_URL = "https://api.cloudlayer.io"
+# The vendor asks for no polling faster than every 2 s ("each poll is a database read").
+VENDOR_MIN_POLL_S = 2.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CloudlayerSettings:
+    api_key: str | None = field(default=None, repr=False)
+    base_url: str = DEFAULT_BASE_URL
+    api_version: str = "v2"
+
+
+VARIABLES = (
+    Var("CLOUDLAYER_API_KEY", "api_key", optional_text),
+    Var("CLOUDLAYER_BASE_URL", "base_url", http_url(DEFAULT_BASE_URL)),
+    Var("CLOUDLAYER_API_VERSION", "api_version", choice("v1", "v2")),
+)
+
+
 class CloudlayerProvider:
     name = "cloudlayer"
 
-    def __init__(self, http: HttpClient, settings: CloudlayerSettings, poll: PollSettings) -> None:
+    def __init__(self, http: HttpClient, settings: CloudlayerSettings, schedule: Schedule) -> None:
         self._http = http
         self._settings = settings
-        self.poll_backoff = Backoff(initial_s=poll.initial_s, max_s=poll.max_s, multiplier=poll.multiplier)
+        self.schedule = schedule
         self._warned_statuses: set[str] = set()
 
     async def poll(self, job: Job) -> PollOutcome:
@@ -140,3 +161,35 @@ class CloudlayerProvider:
         if not isinstance(response.body, dict):
             raise UpstreamRejected(f"GET {url}: expected a JSON object", url=url, code="malformed_response")
         return response.body
+
+
+def _load(env: Mapping[str, str]) -> CloudlayerSettings:
+    return CloudlayerSettings(**section(env, VARIABLES))
+
+
+def _build(context: ProviderContext, settings: CloudlayerSettings, schedule: Schedule) -> CloudlayerProvider:
+    return CloudlayerProvider(context.http, settings, schedule)
+
+
+def _advice(settings: CloudlayerSettings, schedule: Schedule) -> tuple[tuple[str, dict[str, object]], ...]:
+    if schedule.initial_s < VENDOR_MIN_POLL_S and settings.base_url == DEFAULT_BASE_URL:
+        fields: dict[str, object] = {"poll_initial_s": schedule.initial_s, "minimum_s": VENDOR_MIN_POLL_S}
+        return (("poll_interval_below_vendor_minimum", fields),)
+    return ()
+
+
+def _check_id(upstream_id: str) -> None:
+    return None  # any id JobKey accepts: cloudlayer's job ids are opaque
+
+
+SPEC = ProviderSpec(
+    name="cloudlayer",
+    key_example="cloudlayer:<jobId>",
+    variables=VARIABLES,
+    load=_load,
+    schedule=Schedule(initial_s=2.0, max_s=30.0, multiplier=2.0),
+    check_id=_check_id,
+    build=_build,
+    secrets=lambda settings: (settings.api_key,),
+    advice=_advice,
+)

@@ -12,22 +12,21 @@ through one ``RateLimiter``, because the vendor's read budget is per API key, no
 from __future__ import annotations
 
 import re
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 from urllib.parse import quote
 
 import structlog
 
-from worker.config import LayersSettings
+from worker.envvars import PREFIX, Var, http_url, optional_text, positive_float, section
 from worker.errors import AssetSetChanged, InvalidJob, UpstreamRejected
 from worker.httpclient import HttpClient, default_error_reader
 from worker.jsonbody import try_parse_json
 from worker.models import AssetRef, Failed, Job, Pending, PollOutcome, Ready
 from worker.naming import choose_ext
-from worker.policy import Backoff
+from worker.providers.base import ProviderContext, ProviderSpec, Schedule
 from worker.ratelimit import RateLimiter
 
 log = structlog.get_logger("worker.providers.layers")
@@ -172,6 +171,25 @@ def _asset_ids(body: dict[str, Any], where: str) -> list[str]:
     return [i for i in ids if i is not None]
 
 
+DEFAULT_BASE_URL = "https://api.layers.com"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LayersSettings:
+    """The Layers partner API: key, base URL and the read budget of the key."""
+
+    api_key: str | None = field(default=None, repr=False)
+    base_url: str = DEFAULT_BASE_URL
+    reads_per_min: float = 120.0
+
+
+VARIABLES = (
+    Var("LAYERS_API_KEY", "api_key", optional_text),
+    Var("LAYERS_BASE_URL", "base_url", http_url(DEFAULT_BASE_URL)),
+    Var(f"{PREFIX}LAYERS_READS_PER_MIN", "reads_per_min", positive_float),
+)
+
+
 class LayersProvider:
     name = "layers"
 
@@ -179,17 +197,15 @@ class LayersProvider:
         self,
         http: HttpClient,
         settings: LayersSettings,
+        schedule: Schedule | None = None,
         *,
         limiter: RateLimiter | None = None,
-        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._http = http
         self._settings = settings
+        self.schedule = schedule or SPEC.schedule
         # No limiter passed in: keep to the configured read budget on our own rather than to none.
         self._limiter = limiter or RateLimiter(per_minute=settings.reads_per_min)
-        self._wall_clock = wall_clock
-        poll = settings.poll
-        self.poll_backoff = Backoff(initial_s=poll.initial_s, max_s=poll.max_s, multiplier=poll.multiplier)
         self._warned_statuses: set[str] = set()
 
     # -- Provider -----------------------------------------------------------------------------
@@ -355,3 +371,44 @@ class LayersProvider:
         if not isinstance(response.body, dict):
             raise UpstreamRejected(f"GET {url}: expected a JSON object", url=url, code="malformed_response")
         return response.status, response.body, etag
+
+
+def _load(env: Mapping[str, str]) -> LayersSettings:
+    return LayersSettings(**section(env, VARIABLES))
+
+
+def _build(context: ProviderContext, settings: LayersSettings, schedule: Schedule) -> LayersProvider:
+    # One limiter for every Layers read of this process: the budget is per API key.
+    return LayersProvider(
+        context.http,
+        settings,
+        schedule,
+        limiter=RateLimiter(per_minute=settings.reads_per_min),
+    )
+
+
+def _check_id(upstream_id: str) -> None:
+    parse_target(upstream_id)
+
+
+# What parse_target accepts, as a JSON Schema pattern (for the HTTP API's document): job_ and up to
+# 252 characters of an id, or a container's uuid in either case, with or without cnt_.
+_HEX = "[0-9A-Fa-f]"
+ID_PATTERN = (
+    r"job_[^\s\x00-\x1f\x7f-\x9f]{1,252}"
+    rf"|(cnt_)?{_HEX}{{8}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{12}}"
+)
+
+
+SPEC = ProviderSpec(
+    name="layers",
+    key_example="layers:cnt_<uuid>",
+    variables=VARIABLES,
+    load=_load,
+    # Layers jobs finish in seconds to minutes: polled more often than cloudlayer's, gently growing.
+    schedule=Schedule(initial_s=2.0, max_s=10.0, multiplier=1.3),
+    check_id=_check_id,
+    id_pattern=ID_PATTERN,
+    build=_build,
+    secrets=lambda settings: (settings.api_key,),
+)

@@ -7,8 +7,15 @@ of the attempt. Both are safe to call after a failure, and ``abort`` after ``com
 
 from __future__ import annotations
 
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Generic, Protocol, TypeVar
+
+from worker.envvars import Var
+from worker.errors import ConfigError
+from worker.models import Receipt
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -69,4 +76,78 @@ class Sink(Protocol):
         """
         ...
 
+    async def still_has(self, receipt: Receipt) -> bool:
+        """Whether the copy a receipt names is still there to be reused for an identical asset (a
+        destination that cannot tell cheaply may trust its receipts and say True)."""
+        ...
+
     async def close(self) -> None: ...
+
+
+# Work a destination needs done now and then (the S3 janitor), and how often, in seconds.
+Housekeeping = tuple[Callable[[], Awaitable[None]], float]
+
+
+@dataclass(frozen=True, slots=True)
+class OpenedSink:
+    """A destination ready for writing, with the periodic clean-up it needs, if any."""
+
+    sink: Sink
+    housekeeping: Housekeeping | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JobDest:
+    """A job's own destination: ``url`` as the store keeps it (``file:///abs/dir`` or
+    ``s3://bucket/prefix``), ``subpath`` where that is below the worker's destination ("" for itself)."""
+
+    url: str
+    subpath: str
+
+
+# A per-job destination's own segments below the worker's destination: plain names, none hidden
+# (so none can be "..", a staging directory or a temp file's dot name).
+_DEST_SEGMENT = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}$")
+MAX_DEST_DEPTH = 8
+
+
+def check_subpath(text: str, subpath: str) -> None:
+    """Refuse a per-job sub-path that is not a few plain names (``ConfigError``)."""
+    segments = subpath.split("/") if subpath else []
+    if len(segments) > MAX_DEST_DEPTH or not all(_DEST_SEGMENT.match(s) for s in segments):
+        raise ConfigError(
+            f"destination {text!r}: below the worker's destination, use at most {MAX_DEST_DEPTH} plain "
+            "names of letters, digits, '.', '_' and '-', none starting with a dot"
+        )
+
+
+def not_inside(text: str, base: str) -> ConfigError:
+    return ConfigError(f"destination {text!r} is not inside the worker's destination {base}")
+
+
+S = TypeVar("S")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SinkSpec(Generic[S]):
+    """Everything the worker needs to know about a kind of destination, exported by its module as
+    ``SPEC``. ``S`` is its settings type, built by ``load`` from the destination URL and ``variables``.
+
+    The module the registry names must be cheap to import: a heavy client library is imported
+    inside ``open``, so a worker writing to disk never loads it.
+    """
+
+    name: str
+    schemes: tuple[str, ...]  # URL schemes it serves, lower case ("s3")
+    takes_paths: bool = False  # a plain path (no "scheme://") names this destination
+    example: str  # shown in errors: "s3://BUCKET/PREFIX"
+    variables: tuple[Var, ...] = ()
+    # (ASSET_WORKER_DEST, environment) -> its settings; raises ConfigError.
+    load: Callable[[str, Mapping[str, str]], S]
+    # (a job's own destination, ASSET_WORKER_DEST) -> where it is, if inside; raises ConfigError.
+    job_dest: Callable[[str, str], JobDest]
+    open: Callable[[S], AbstractAsyncContextManager[OpenedSink]]
+    secrets: Callable[[Mapping[str, str]], tuple[str | None, ...]] = lambda _env: ()
+
+
+AnySinkSpec = SinkSpec[Any]

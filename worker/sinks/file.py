@@ -14,15 +14,19 @@ import glob
 import os
 import re
 import secrets
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import aiofiles
 import structlog
 
-from worker.errors import StorageError, StorageInterrupted, StorageRejected, StorageUnavailable
-from worker.sinks.base import Committed
+from worker.errors import ConfigError, StorageError, StorageInterrupted, StorageRejected, StorageUnavailable
+from worker.models import Receipt
+from worker.sinks.base import Committed, JobDest, OpenedSink, SinkSpec, check_subpath, not_inside
 
 log = structlog.get_logger("worker.sinks.file")
 
@@ -200,6 +204,15 @@ class FileSink:
             self._space.reserve(upload, expected_size)
         return upload
 
+    async def still_has(self, receipt: Receipt) -> bool:
+        """Whether the file a receipt names is still there with its size (someone may have deleted
+        or replaced it since; its content is not read again)."""
+        path = Path(unquote(urlsplit(receipt.uri).path))
+        try:
+            return await asyncio.to_thread(os.path.getsize, path) == receipt.size
+        except OSError:
+            return False
+
     async def close(self) -> None:
         return None
 
@@ -252,3 +265,73 @@ class FileSink:
             with contextlib.suppress(FileNotFoundError):
                 temp.unlink()
                 log.info("orphaned_temp_removed", path=str(temp))
+
+
+# -- the destination as the registry sees it ---------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FileDestSettings:
+    root: Path
+
+
+def dest_path(url: str) -> Path:
+    """The local directory of a ``file://`` destination (or a plain path), made absolute."""
+    if "://" not in url:
+        return Path(url).expanduser().absolute()
+    parts = urlsplit(url)
+    if parts.scheme.lower() != "file":
+        raise ConfigError(f"destination {url!r} is not a file:// URL or a path")
+    # file://./assets (relative, netloc ".") and file:///abs/path are both accepted.
+    raw = unquote(parts.netloc + parts.path)
+    if not raw:
+        raise ConfigError(f"ASSET_WORKER_DEST={url!r}: no path given")
+    return Path(raw).expanduser().absolute()
+
+
+def job_dest(text: str, base_url: str) -> JobDest:
+    """A job's own directory inside the worker's: ``/srv/assets/tenant-a`` or
+    ``file:///srv/assets/tenant-a`` under ``/srv/assets`` (see ``worker.destinations.parse_dest``)."""
+    raw = text.strip()
+    root = dest_path(base_url)
+    if "://" in raw:
+        try:
+            parts = urlsplit(raw)
+        except ValueError:
+            raise ConfigError(f"destination {text!r} is not a URL") from None
+        if parts.scheme.lower() != "file":
+            raise not_inside(text, str(root))
+        if parts.netloc not in ("", "localhost"):
+            raise ConfigError(f"destination {text!r}: use an absolute path or file:///PATH")
+        if parts.query or parts.fragment:
+            raise ConfigError(f"destination {text!r}: a file URL has no query or fragment")
+        raw = unquote(parts.path)
+    if not raw.startswith("/") or "\x00" in raw:
+        raise ConfigError(f"destination {text!r}: must be an absolute path inside {root}")
+    try:
+        relative = PurePosixPath(raw).relative_to(PurePosixPath(root))
+    except ValueError:
+        raise not_inside(text, str(root)) from None
+    subpath = "" if str(relative) == "." else str(relative)
+    check_subpath(text, subpath)
+    return JobDest((root / subpath).as_uri() if subpath else root.as_uri(), subpath)
+
+
+def _load(url: str, _env: Mapping[str, str]) -> FileDestSettings:
+    return FileDestSettings(dest_path(url))
+
+
+@asynccontextmanager
+async def _open(settings: FileDestSettings) -> AsyncIterator[OpenedSink]:
+    yield OpenedSink(FileSink(settings.root))
+
+
+SPEC: SinkSpec[FileDestSettings] = SinkSpec(
+    name="file",
+    schemes=("file",),
+    takes_paths=True,
+    example="file://PATH or a path",
+    load=_load,
+    job_dest=job_dest,
+    open=_open,
+)

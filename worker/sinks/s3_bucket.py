@@ -1,5 +1,8 @@
 """The S3 calls the sink makes, each translated to the exception tree, with the client's settings.
 
+Longer than most modules on purpose: it is the one wrapper around the client, so that no call can
+skip the error translation and the feature fallbacks below.
+
 Every botocore call of the S3 destination goes through ``Bucket``, so errors are translated in one
 place (``s3_errors.translate``). Two optional features are used where the store has them and
 dropped, once and logged, where it does not:
@@ -54,7 +57,7 @@ READ_TIMEOUT_S = 60.0
 
 
 def client_config(settings: S3Settings) -> AioConfig:
-    """The one client's configuration (see the module docstring of ``worker.sinks.s3``)."""
+    """The one client's configuration (see the module docstring of ``worker.sinks.s3_sink``)."""
     return AioConfig(
         region_name=settings.region,
         retries={"mode": "standard", "total_max_attempts": RETRY_ATTEMPTS},

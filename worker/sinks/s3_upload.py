@@ -1,7 +1,10 @@
 """One asset on its way into S3: the part buffer, the part tasks, commit and abort.
 
 The design (visibility, metadata, staging, idempotency, back-pressure) is described in the module
-docstring of ``worker.sinks.s3``, which creates these uploads.
+docstring of ``worker.sinks.s3_sink``, which creates these uploads.
+
+Longer than most modules on purpose: an upload is one state machine (single PUT or multipart, the
+part tasks and their buffers, commit, abort), and its states are easier to check read together.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from worker.sinks.s3_parts import part_size_at
 if TYPE_CHECKING:
     from types_aiobotocore_s3.type_defs import CompletedPartTypeDef
 
-    from worker.sinks.s3 import S3Sink
+    from worker.sinks.s3_sink import S3Sink
 
 log = structlog.get_logger("worker.sinks.s3")
 

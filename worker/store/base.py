@@ -21,7 +21,7 @@ not (a SQLite file that is damaged, not a database or read-only: commands stop a
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -209,3 +209,18 @@ class Store(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StoreSpec:
+    """A store backend as the registry (``worker.store``) sees it, exported by its module as ``SPEC``.
+
+    The module the registry names must be cheap to import: its database driver is imported inside
+    ``open``, so a worker on SQLite never loads the PostgreSQL driver.
+    """
+
+    name: str
+    schemes: tuple[str, ...]  # URL schemes it serves, lower case
+    example: str  # shown in errors: "sqlite:///PATH"
+    check: Callable[[str], object]  # refuses a malformed URL of its schemes (ConfigError), never connects
+    open: Callable[[str, int], Awaitable[Store]]  # (URL, pool size) -> an open, migrated store

@@ -2,9 +2,9 @@
 
 Everything lives in the ``asset_worker`` schema, so the worker can share a database with the
 application that feeds it without its table names colliding. Column names and meanings match the
-SQLite store (``worker/store/rows.py`` maps both); the README's "Enqueueing from SQL" section
-documents a ``jobs`` row for programs in other languages, and the constraints here enforce what it
-says, so a hand-written ``INSERT`` cannot create a row the worker would misread.
+SQLite store (``worker/store/rows.py`` maps both); docs/operations.md ("Submitting from other
+programs") documents a ``jobs`` row for programs in other languages, and the constraints here
+enforce what it says, so a hand-written ``INSERT`` cannot create a row the worker would misread.
 """
 
 from __future__ import annotations
@@ -70,5 +70,13 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         # Finding a stored copy by content (dedupe) must not scan every receipt.
         "CREATE INDEX assets_stored_sha256 ON asset_worker.assets (sha256, size) WHERE state = 'stored'",
+    ),
+    # 2: providers come from the worker's registry, so the table no longer lists them; it still
+    # refuses a name that could not be a provider's (the form JobKey.parse accepts). A row naming a
+    # provider no worker serves fails at its first poll with invalid_job.
+    (
+        "ALTER TABLE asset_worker.jobs DROP CONSTRAINT IF EXISTS jobs_provider_check",
+        """ALTER TABLE asset_worker.jobs ADD CONSTRAINT jobs_provider_name
+               CHECK (provider ~ '^[a-z][a-z0-9_-]{0,39}$')""",
     ),
 )

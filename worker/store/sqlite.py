@@ -1,12 +1,17 @@
 """The embedded store: one SQLite file, safe to share between the CLI and a running worker.
 
+Longer than most modules on purpose: one class implements the whole ``Store`` contract (twenty
+operations, each a transaction of a few statements with its lease check); split up, an operation's
+SQL would sit apart from its fencing. Error classification is in ``sqlite_errors``, the schema in
+``sqlite_schema``.
+
 Why these settings: WAL lets readers go on while one writer commits; ``busy_timeout`` makes a
 second process wait for the write lock instead of failing at once; and every read-then-write runs
 inside ``BEGIN IMMEDIATE``, which takes the write lock *before* the read, so two processes can never
 both see one job as due and both claim it. Within one process a single connection serves every
 task, so an ``asyncio.Lock`` keeps their transactions from interleaving on it.
 
-Failures are told apart by SQLite's result code, never by message text (see ``_store_error``): a
+Failures are told apart by SQLite's result code, never by message text (``sqlite_errors``): a
 lock held too long or a full disk may pass (``StoreUnavailable``, the caller waits and tries again);
 a damaged, foreign, read-only or unopenable file, or an I/O error, will not (``StoreUnusable``: the
 command stops with one line saying which file and what to do).
@@ -19,21 +24,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import json
 import os
 import sqlite3
 from collections.abc import AsyncIterator, Iterable, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import aiosqlite
 
 from worker.aio import shielded
-from worker.errors import ConfigError, LeaseLost, StoreUnavailable, StoreUnusable
+from worker.errors import ConfigError, LeaseLost
 from worker.models import AssetRecord, AssetRef, Job, JobError, JobKey, JobState, Receipt
+from worker.redaction import redact_url
 from worker.store import sqlite_schema
-from worker.store.base import Cursor, Phase, QueueStats, SubmitResult
+from worker.store.base import Cursor, Phase, QueueStats, Store, StoreSpec, SubmitResult
 from worker.store.rows import (
     asset_from_row,
     error_columns,
@@ -42,6 +48,7 @@ from worker.store.rows import (
     ref_columns,
     without_nul,
 )
+from worker.store.sqlite_errors import open_error, store_error
 
 BUSY_TIMEOUT_S = 10.0
 
@@ -115,7 +122,7 @@ class SqliteStore:
             # the BEGIN IMMEDIATE in _transaction is the only one.
             db = await aiosqlite.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_S)
         except (OSError, sqlite3.Error) as exc:
-            raise _open_error(exc, path) from exc
+            raise open_error(exc, path) from exc
         try:
             db.row_factory = sqlite3.Row
             await _configure(db, path)
@@ -123,7 +130,7 @@ class SqliteStore:
             await store._migrate()
         except sqlite3.Error as exc:
             await shielded(db.close())
-            raise _open_error(exc, path) from exc
+            raise open_error(exc, path) from exc
         except BaseException:
             await shielded(db.close())
             raise
@@ -456,7 +463,7 @@ class SqliteStore:
                     # Locked past the busy timeout: the caller backs off and tries again. A damaged
                     # or read-only file: it stops, since no retry would ever succeed. Anything else
                     # SQLite reports (a constraint, a malformed statement) is a bug and stays as is.
-                    mapped = _store_error(exc, self._path)
+                    mapped = store_error(exc, self._path)
                     if mapped is not None:
                         raise mapped from exc
                 raise
@@ -478,103 +485,6 @@ class SqliteStore:
                     await _run(db, statement)
                 # PRAGMA takes no parameters; number is an int we computed.
                 await _run(db, f"PRAGMA user_version = {int(number)}")
-
-
-# SQLite primary result codes (the low byte of the extended code) that a retry cannot fix, with
-# what they mean for the file and what the operator should do. An I/O error counts here: on a local
-# file (the only kind WAL supports) it comes from a failing disk, or a file system that went
-# read-only after errors; retrying every few seconds would only hide that behind a busy-looking
-# worker, while stopping with this message lets the supervisor's restart policy and alerting act.
-_UNUSABLE: dict[int, tuple[str, str]] = {
-    sqlite3.SQLITE_CORRUPT: (
-        "is damaged",
-        "restore it from a backup, or move it aside to start with an empty store",
-    ),
-    sqlite3.SQLITE_NOTADB: (
-        "is not a SQLite database, or is damaged beyond recognition",
-        "check that ASSET_WORKER_STORE (or --store) names the right file; restore it from a backup, "
-        "or move it aside to start with an empty store",
-    ),
-    sqlite3.SQLITE_READONLY: (
-        "is read-only",
-        "make the file, its -wal and -shm files and its directory writable by this user, on a file "
-        "system mounted read-write",
-    ),
-    sqlite3.SQLITE_CANTOPEN: (
-        "cannot be opened",
-        "check that its directory exists and that this user may create and write the file and its "
-        "-wal and -shm files there, on a file system mounted read-write",
-    ),
-    sqlite3.SQLITE_PERM: ("may not be accessed", "check the permissions of the file and its directory"),
-    sqlite3.SQLITE_AUTH: ("may not be accessed", "check the permissions of the file and its directory"),
-    sqlite3.SQLITE_IOERR: (
-        "hit an I/O error",
-        "the disk or file system under it is failing or went read-only: check the system log, "
-        "then restore or move the file",
-    ),
-}
-# Codes that may pass by themselves. A full disk does not damage the file (SQLite rolls the
-# transaction back) and heals when space is freed, often by the operator cleaning up a destination
-# on the same disk: the worker waits for it as it waits for a full destination.
-_TRANSIENT: dict[int, tuple[str, str]] = {
-    sqlite3.SQLITE_BUSY: ("is locked by another process", "try again once it lets go"),
-    sqlite3.SQLITE_LOCKED: ("is locked by another connection", "try again once it lets go"),
-    sqlite3.SQLITE_FULL: ("cannot grow: the disk holding it is full", "free space on that disk"),
-    sqlite3.SQLITE_NOMEM: ("ran out of memory", "try again"),
-    sqlite3.SQLITE_PROTOCOL: ("lost a locking race", "try again"),
-}
-# OS errors creating the store's directory or file that no retry fixes.
-_OS_UNUSABLE = frozenset(
-    {
-        errno.EROFS,
-        errno.EACCES,
-        errno.EPERM,
-        errno.ENOTDIR,
-        errno.EISDIR,
-        errno.ENAMETOOLONG,
-        errno.ELOOP,
-        errno.EIO,
-    }
-)
-
-
-def _store_error(exc: sqlite3.Error, path: Path) -> StoreUnusable | StoreUnavailable | None:
-    """What a SQLite failure on the store at ``path`` means for the caller, from its result code:
-    ``StoreUnusable`` (waiting cannot help), ``StoreUnavailable`` (it may pass), or None when SQLite
-    gives no reason to think it is the file's fault (a constraint, a statement's own error)."""
-    # Errors the sqlite3 module raises itself (a closed connection) carry no SQLite code.
-    code: int | None = getattr(exc, "sqlite_errorcode", None)
-    name: str | None = getattr(exc, "sqlite_errorname", None)
-    detail = f"{name}: {exc}" if name else str(exc)
-    primary = None if code is None else code & 0xFF  # the extended code's family
-    if code == sqlite3.SQLITE_IOERR_NOMEM:
-        primary = sqlite3.SQLITE_NOMEM  # out of memory doing I/O: the process's trouble, not the file's
-    elif code == sqlite3.SQLITE_IOERR_SHMSIZE:
-        # The -shm file could not grow: a full disk, which is how opening a store on one fails
-        # (SQLite reports a full disk as SQLITE_FULL only for the database and -wal files).
-        primary = sqlite3.SQLITE_FULL
-    if primary in _UNUSABLE:
-        what, todo = _UNUSABLE[primary]
-        return StoreUnusable(f"the SQLite store {path} {what} ({detail}); {todo}")
-    if primary in _TRANSIENT:
-        what, todo = _TRANSIENT[primary]
-        return StoreUnavailable(f"the SQLite store {path} {what} ({detail}); {todo}")
-    if isinstance(exc, sqlite3.OperationalError):
-        # As before this classification: an operational error nobody recognised is waited out.
-        return StoreUnavailable(f"the SQLite store {path}: {detail}")
-    return None
-
-
-def _open_error(exc: OSError | sqlite3.Error, path: Path) -> StoreUnusable | StoreUnavailable:
-    """A failure to create, open or migrate the store at ``path``, classified as in ``_store_error``."""
-    if isinstance(exc, OSError):
-        if exc.errno in _OS_UNUSABLE:
-            return StoreUnusable(
-                f"cannot create the SQLite store {path} ({exc.strerror}); check that this user may "
-                "create its directory and the file in it, on a file system mounted read-write"
-            )
-        return StoreUnavailable(f"cannot create the SQLite store {path} ({exc.strerror})")
-    return _store_error(exc, path) or StoreUnavailable(f"cannot open the SQLite store {path}: {exc}")
 
 
 def _create_private(path: Path) -> None:
@@ -659,3 +569,29 @@ async def _load(db: aiosqlite.Connection, keys: Sequence[str]) -> list[Job]:
         assets.setdefault(str(row["job_key"]), []).append(asset_from_row(row))
     jobs = {str(row["key"]): job_from_row(row, tuple(assets.get(str(row["key"]), ()))) for row in job_rows}
     return [jobs[k] for k in keys if k in jobs]
+
+
+def sqlite_path(url: str) -> Path:
+    """The database file of a ``sqlite:///relative.db`` or ``sqlite:////absolute.db`` store URL."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() != "sqlite":
+        raise ConfigError(f"ASSET_WORKER_STORE={redact_url(url)!r} is not a sqlite:/// URL")
+    if parts.netloc:
+        raise ConfigError(f"ASSET_WORKER_STORE={url!r}: use three slashes, sqlite:///PATH")
+    raw = unquote(parts.path[1:] if parts.path.startswith("/") else parts.path)
+    if not raw:
+        raise ConfigError(f"ASSET_WORKER_STORE={url!r}: no database path given")
+    return Path(raw).expanduser().absolute()
+
+
+async def _open(url: str, _pool_size: int) -> Store:
+    return await SqliteStore.open(sqlite_path(url))
+
+
+SPEC = StoreSpec(
+    name="sqlite",
+    schemes=("sqlite",),
+    example="sqlite:///PATH",
+    check=sqlite_path,
+    open=_open,
+)

@@ -1,0 +1,690 @@
+"""The shared store: one PostgreSQL database serving every replica of the worker.
+
+Longer than most modules on purpose: one class implements the whole ``Store`` contract (twenty
+operations, each a transaction of a few statements with its lease check); split up, an operation's
+SQL would sit apart from its fencing. Error classification is in ``postgres_errors``, the schema in
+``postgres_schema``, the URL rules in ``postgres``.
+
+How it stays correct with many writers:
+
+- Claims select due rows ``FOR UPDATE SKIP LOCKED`` and lease them in the same statement: two
+  replicas claiming at once lock different rows, and neither waits for the other. Under READ
+  COMMITTED a row another claim leased just before we locked it is re-checked against the
+  ``WHERE`` clause, so it is not taken twice.
+- Every write made for a claim carries ``lease_owner = $owner`` in its ``WHERE`` clause, so a
+  replica that lost its lease cannot overwrite its successor (``LeaseLost``).
+- Submits are ``INSERT ... ON CONFLICT DO NOTHING``: the same key from two replicas at one instant
+  yields one row.
+- Schema migrations run under a transaction-scoped advisory lock: replicas that start together
+  migrate once.
+
+Connection loss is ``StoreUnavailable``, never a crash. A transaction that failed *before* its
+COMMIT was sent cannot have taken effect (the server rolls back a transaction whose connection
+dies), so it is retried on a fresh connection with backoff for up to ``retry_window_s``; a failure
+during COMMIT itself is ambiguous and is reported instead, leaving the decision to the caller,
+whose operations are all safe to repeat after the lease logic has run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeAlias, TypeVar
+
+import asyncpg
+import structlog
+
+from worker.aio import shielded
+from worker.errors import ConfigError, LeaseLost, StoreUnavailable
+from worker.models import AssetRecord, AssetRef, Job, JobError, JobKey, JobState, Receipt
+from worker.redaction import redact_url
+from worker.store import postgres_schema
+from worker.store.base import Cursor, Phase, QueueStats, SubmitResult
+from worker.store.postgres_errors import TRANSIENT, describe, is_a_bug
+from worker.store.rows import (
+    asset_from_row,
+    error_columns,
+    job_from_row,
+    opt_float,
+    ref_columns,
+    without_nul,
+)
+
+log = structlog.get_logger("worker.store")
+
+T = TypeVar("T")
+# What pool.acquire() hands out: a proxy with the connection's methods.
+Conn: TypeAlias = "asyncpg.pool.PoolConnectionProxy[asyncpg.Record]"
+Sleep = Callable[[float], Awaitable[None]]
+
+CONNECT_TIMEOUT_S = 10.0
+# A statement that takes longer than this is treated as a lost connection: better a retry than a
+# worker frozen behind a half-open TCP connection.
+COMMAND_TIMEOUT_S = 30.0
+DEFAULT_RETRY_WINDOW_S = 15.0
+
+_FINAL_STATES = [s.value for s in JobState if s.is_final]
+# Positive lists use the (state, due_at) index; NOT (state = ANY(final)) would scan every finished job.
+_UNFINISHED_STATES = [s.value for s in JobState if not s.is_final]
+_PHASE_STATES = {
+    Phase.POLL: [JobState.QUEUED.value, JobState.POLLING.value],
+    Phase.TRANSFER: [JobState.DOWNLOADING.value],
+}
+# Due jobs of the phase, earliest first, locked; rows another claim has locked are skipped.
+_DUE = """
+    WITH due AS (
+        SELECT key FROM asset_worker.jobs
+        WHERE state = ANY($1::text[]) AND due_at <= $2
+          AND (lease_expires_at IS NULL OR lease_expires_at <= $2)
+        ORDER BY due_at, submitted_at, key
+        LIMIT $3
+        FOR UPDATE SKIP LOCKED)"""
+
+
+def _claim(lease: str) -> str:
+    """The claim of the due rows: ``lease`` is the constant UPDATE applied to them."""
+    return _DUE + lease
+
+
+_CLAIM = {
+    Phase.POLL: _claim(
+        """
+        UPDATE asset_worker.jobs AS j
+        SET lease_owner = $4, lease_expires_at = $5, updated_at = $2,
+            state = CASE WHEN j.state = 'queued' THEN 'polling' ELSE j.state END,
+            polling_since = COALESCE(j.polling_since, $2)
+        FROM due WHERE j.key = due.key
+        RETURNING j.key"""
+    ),
+    Phase.TRANSFER: _claim(
+        """
+        UPDATE asset_worker.jobs AS j
+        SET lease_owner = $4, lease_expires_at = $5, updated_at = $2, attempts = j.attempts + 1
+        FROM due WHERE j.key = due.key
+        RETURNING j.key"""
+    ),
+}
+_INSERT = """
+    INSERT INTO asset_worker.jobs (key, provider, upstream_id, state, submitted_at, updated_at, due_at, dest)
+    VALUES ($1, $2, $3, 'queued', $4, $4, $4, $5)
+    ON CONFLICT (key) DO NOTHING
+    RETURNING key"""
+_REQUEUE = """
+    UPDATE asset_worker.jobs SET state = 'queued', submitted_at = $1, updated_at = $1, due_at = $1,
+        dest = $2, finished_at = NULL, polling_since = NULL, polls = 0, attempts = 0,
+        error_code = NULL, error_message = NULL, lease_owner = NULL, lease_expires_at = NULL,
+        provider_state = '{}'
+    WHERE key = $3 AND state = ANY($4::text[])"""
+_CANCEL = """
+    UPDATE asset_worker.jobs SET state = 'canceled', finished_at = $1, updated_at = $1,
+        lease_owner = NULL, lease_expires_at = NULL
+    WHERE key = $2 AND NOT (state = ANY($3::text[]))"""
+_UPSERT_ASSET = """
+    INSERT INTO asset_worker.assets (job_key, position, asset_id, url, expected_size, expected_sha256,
+                                     content_type, ext, expires_at, state)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending')
+    ON CONFLICT (job_key, asset_id) DO UPDATE SET
+        position = excluded.position, url = excluded.url, expected_size = excluded.expected_size,
+        expected_sha256 = excluded.expected_sha256, content_type = excluded.content_type,
+        ext = excluded.ext, expires_at = excluded.expires_at"""
+
+
+class PostgresStore:
+    """The :class:`~worker.store.base.Store` on PostgreSQL; create it with :meth:`open`."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        retry_window_s: float = DEFAULT_RETRY_WINDOW_S,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        self._pool = pool
+        self._retry_window_s = retry_window_s
+        self._sleep = sleep
+
+    @classmethod
+    async def open(
+        cls,
+        url: str,
+        *,
+        pool_size: int = 10,
+        retry_window_s: float = DEFAULT_RETRY_WINDOW_S,
+        sleep: Sleep = asyncio.sleep,
+    ) -> PostgresStore:
+        """Connect (``pool_size`` connections at most) and bring the schema up to date."""
+        try:
+            pool = await asyncpg.create_pool(
+                url,
+                min_size=1,
+                max_size=pool_size,
+                timeout=CONNECT_TIMEOUT_S,
+                command_timeout=COMMAND_TIMEOUT_S,
+                # The worker's own name in pg_stat_activity, for whoever looks at the database.
+                server_settings={"application_name": "asset-worker"},
+            )
+        except (asyncpg.InvalidAuthorizationSpecificationError, asyncpg.InvalidPasswordError) as exc:
+            raise ConfigError(f"PostgreSQL store {redact_url(url)}: {exc}") from exc
+        except asyncpg.InvalidCatalogNameError as exc:
+            raise ConfigError(f"PostgreSQL store {redact_url(url)}: {exc}") from exc
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StoreUnavailable(f"cannot reach the PostgreSQL store {redact_url(url)}: {exc}") from exc
+        store = cls(pool, retry_window_s=retry_window_s, sleep=sleep)
+        try:
+            await store._migrate()
+        except BaseException:
+            await shielded(pool.close())
+            raise
+        return store
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    async def ping(self) -> None:
+        # No retries: readiness wants the answer now.
+        await self._transaction(lambda conn: conn.fetchval("SELECT 1"), retry=False)
+
+    # -- submission -------------------------------------------------------------------------
+
+    async def submit(
+        self, key: JobKey, *, now: float, force: bool = False, dest: str | None = None
+    ) -> SubmitResult:
+        k = str(key)
+
+        async def body(conn: Conn) -> SubmitResult:
+            created = await conn.fetchval(_INSERT, k, key.provider, key.upstream_id, now, dest) is not None
+            requeued = False
+            if not created and force:
+                requeued = _count(await conn.execute(_REQUEUE, now, dest, k, _FINAL_STATES)) == 1
+                if requeued:
+                    await conn.execute("DELETE FROM asset_worker.assets WHERE job_key = $1", k)
+            (job,) = await _load(conn, [k])
+            return SubmitResult(job=job, created=created, requeued=requeued)
+
+        return await self._transaction(body)
+
+    async def cancel(self, key: JobKey, *, now: float) -> Job | None:
+        k = str(key)
+
+        async def body(conn: Conn) -> Job | None:
+            await conn.execute(_CANCEL, now, k, _FINAL_STATES)
+            jobs = await _load(conn, [k])
+            return jobs[0] if jobs else None
+
+        return await self._transaction(body)
+
+    # -- claims and leases ------------------------------------------------------------------
+
+    async def claim(self, *, owner: str, phase: Phase, now: float, lease_s: float, limit: int) -> list[Job]:
+        if limit <= 0:
+            return []
+
+        async def body(conn: Conn) -> list[Job]:
+            rows = await conn.fetch(_CLAIM[phase], _PHASE_STATES[phase], now, limit, owner, now + lease_s)
+            jobs = await _load(conn, [str(row["key"]) for row in rows])
+            # RETURNING has no order; the contract's is the queue's.
+            return sorted(jobs, key=lambda j: (j.due_at, j.submitted_at, str(j.key)))
+
+        return await self._transaction(body)
+
+    async def renew(self, key: JobKey, *, owner: str, now: float, lease_s: float) -> None:
+        await self._update_leased(key, owner, "lease_expires_at = $3", now + lease_s)
+
+    async def release(self, key: JobKey, *, owner: str, now: float) -> None:
+        # LEAST keeps the job's place in the queue; an interrupted transfer gives its attempt back
+        # (only crashes, leases that simply expire, count against max_attempts).
+        await self._transaction(
+            lambda conn: conn.execute(
+                """UPDATE asset_worker.jobs SET lease_owner = NULL, lease_expires_at = NULL,
+                       due_at = LEAST(due_at, $3), updated_at = $3,
+                       attempts = CASE WHEN state = 'downloading' AND attempts > 0
+                                       THEN attempts - 1 ELSE attempts END
+                   WHERE key = $1 AND lease_owner = $2""",
+                str(key),
+                owner,
+                now,
+            )
+        )
+
+    # -- job progress -----------------------------------------------------------------------
+
+    async def reschedule(
+        self,
+        key: JobKey,
+        *,
+        owner: str,
+        now: float,
+        due_at: float,
+        polls: int,
+        provider_state: dict[str, Any],
+    ) -> None:
+        await self._update_leased(
+            key,
+            owner,
+            """state = 'polling', due_at = $3, updated_at = $4, polls = $5, provider_state = $6::jsonb,
+               lease_owner = NULL, lease_expires_at = NULL""",
+            due_at,
+            now,
+            polls,
+            _json(provider_state),
+        )
+
+    async def restart_polling(
+        self, key: JobKey, *, owner: str, now: float, provider_state: dict[str, Any]
+    ) -> None:
+        async def body(conn: Conn) -> None:
+            await _update_leased(
+                conn,
+                key,
+                owner,
+                """state = 'polling', due_at = $3, updated_at = $3, polling_since = $3,
+                   provider_state = $4::jsonb, lease_owner = NULL, lease_expires_at = NULL""",
+                now,
+                _json(provider_state),
+            )
+            await conn.execute("DELETE FROM asset_worker.assets WHERE job_key = $1", str(key))
+
+        await self._transaction(body)
+
+    async def mark_ready(
+        self,
+        key: JobKey,
+        *,
+        owner: str,
+        now: float,
+        assets: Sequence[AssetRef],
+        provider_state: dict[str, Any],
+    ) -> None:
+        ids = [ref.asset_id for ref in assets]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"job {key}: asset ids must be unique, got {ids!r}")
+        k = str(key)
+
+        async def body(conn: Conn) -> None:
+            await _update_leased(
+                conn,
+                key,
+                owner,
+                """state = 'downloading', due_at = $3, updated_at = $3, provider_state = $4::jsonb,
+                   polls = polls + 1, lease_owner = NULL, lease_expires_at = NULL""",
+                now,
+                _json(provider_state),
+            )
+            # Stored copies of assets still in the set are proven whole: keep them, re-fetch nothing.
+            await conn.execute(
+                """DELETE FROM asset_worker.assets WHERE job_key = $1
+                   AND (state <> 'stored' OR NOT (asset_id = ANY($2::text[])))""",
+                k,
+                ids,
+            )
+            await conn.executemany(
+                _UPSERT_ASSET, [(k, position, *ref_columns(ref)) for position, ref in enumerate(assets)]
+            )
+
+        await self._transaction(body)
+
+    async def finish(
+        self, key: JobKey, *, owner: str, now: float, state: JobState, error: JobError | None = None
+    ) -> None:
+        if not state.is_final:
+            raise ValueError(f"finish() needs a final state, not {state.value!r}")
+        await self._update_leased(
+            key,
+            owner,
+            """state = $3, finished_at = $4, updated_at = $4, error_code = $5, error_message = $6,
+               lease_owner = NULL, lease_expires_at = NULL""",
+            state.value,
+            now,
+            *error_columns(error),
+        )
+
+    async def retry_later(
+        self, key: JobKey, *, owner: str, now: float, due_at: float, error: JobError | None = None
+    ) -> None:
+        # Without a new error the previous one stays: it is still the last thing that went wrong.
+        await self._update_leased(
+            key,
+            owner,
+            """due_at = $3, updated_at = $4, error_code = COALESCE($5, error_code),
+               error_message = COALESCE($6, error_message), lease_owner = NULL, lease_expires_at = NULL""",
+            due_at,
+            now,
+            *error_columns(error),
+        )
+
+    async def postpone(self, key: JobKey, *, owner: str, now: float, due_at: float, error: JobError) -> None:
+        # The destination, not the job, is at fault: the attempt the transfer claim counted is
+        # given back (as release does), so waiting out a full disk never fails a job.
+        await self._update_leased(
+            key,
+            owner,
+            """due_at = $3, updated_at = $4, error_code = $5, error_message = $6,
+               attempts = CASE WHEN state = 'downloading' AND attempts > 0
+                               THEN attempts - 1 ELSE attempts END,
+               lease_owner = NULL, lease_expires_at = NULL""",
+            due_at,
+            now,
+            *error_columns(error),
+        )
+
+    # -- assets -----------------------------------------------------------------------------
+
+    async def update_asset(self, key: JobKey, *, owner: str, ref: AssetRef) -> None:
+        async def body(conn: Conn) -> None:
+            await _check_leased(conn, key, owner)
+            status = await conn.execute(
+                """UPDATE asset_worker.assets SET url = $1, expected_size = $2, expected_sha256 = $3,
+                       content_type = $4, ext = $5, expires_at = $6
+                   WHERE job_key = $7 AND asset_id = $8""",
+                *ref_columns(ref)[1:],
+                str(key),
+                ref.asset_id,
+            )
+            if not _count(status):
+                raise KeyError(f"job {key} has no asset {ref.asset_id!r}")
+
+        await self._transaction(body)
+
+    async def record_receipt(self, key: JobKey, *, owner: str, receipt: Receipt) -> None:
+        k = str(key)
+
+        async def body(conn: Conn) -> None:
+            await _check_leased(conn, key, owner)
+            status = await conn.execute(
+                """UPDATE asset_worker.assets SET state = 'stored', uri = $1, size = $2, sha256 = $3,
+                       upstream_verified = $4, stored_at = $5, etag = $6, version_id = $7, origin = $8,
+                       error_code = NULL, error_message = NULL
+                   WHERE job_key = $9 AND asset_id = $10 AND state <> 'stored'""",
+                receipt.uri,
+                receipt.size,
+                receipt.sha256,
+                receipt.upstream_verified,
+                receipt.stored_at,
+                receipt.etag,
+                receipt.version_id,
+                receipt.origin,
+                k,
+                receipt.asset_id,
+            )
+            if _count(status):
+                await conn.execute(
+                    "UPDATE asset_worker.jobs SET updated_at = GREATEST(updated_at, $1) WHERE key = $2",
+                    receipt.stored_at,
+                    k,
+                )
+            else:
+                await _check_asset_exists(conn, key, receipt.asset_id)
+
+        await self._transaction(body)
+
+    async def find_stored(self, *, sha256: str, size: int) -> Receipt | None:
+        row = await self._transaction(
+            lambda conn: conn.fetchrow(
+                """SELECT * FROM asset_worker.assets WHERE state = 'stored' AND sha256 = $1 AND size = $2
+                   ORDER BY stored_at LIMIT 1""",
+                sha256,
+                size,
+            ),
+            read_only=True,
+        )
+        return None if row is None else asset_from_row(row).receipt
+
+    async def fail_asset(self, key: JobKey, *, owner: str, asset_id: str, error: JobError) -> None:
+        async def body(conn: Conn) -> None:
+            await _check_leased(conn, key, owner)
+            # A stored asset is proven whole; a late failure report must not throw its receipt away.
+            status = await conn.execute(
+                """UPDATE asset_worker.assets SET state = 'failed', error_code = $1, error_message = $2
+                   WHERE job_key = $3 AND asset_id = $4 AND state <> 'stored'""",
+                *error_columns(error),
+                str(key),
+                asset_id,
+            )
+            if not _count(status):
+                await _check_asset_exists(conn, key, asset_id)
+
+        await self._transaction(body)
+
+    # -- reading ----------------------------------------------------------------------------
+
+    async def get(self, keys: Sequence[JobKey]) -> list[Job]:
+        wanted = [str(k) for k in keys]
+        jobs = await self._transaction(lambda conn: _load(conn, wanted), read_only=True)
+        found = {str(job.key): job for job in jobs}
+        return [found[k] for k in wanted if k in found]
+
+    async def list_jobs(
+        self,
+        *,
+        states: Sequence[JobState] | None = None,
+        limit: int | None = None,
+        after: Cursor | None = None,
+    ) -> list[Job]:
+        wanted = None if states is None else [s.value for s in states]
+        after_at, after_key = (None, None) if after is None else (after.submitted_at, after.key)
+
+        async def body(conn: Conn) -> list[Job]:
+            rows = await conn.fetch(
+                """SELECT key FROM asset_worker.jobs
+                   WHERE ($1::text[] IS NULL OR state = ANY($1::text[]))
+                     AND ($2::float8 IS NULL OR (submitted_at, key) > ($2::float8, $3::text))
+                   ORDER BY submitted_at, key LIMIT $4""",
+                wanted,
+                after_at,
+                after_key,
+                limit,
+            )
+            return await _load(conn, [str(row["key"]) for row in rows])
+
+        return await self._transaction(body, read_only=True)
+
+    async def unfinished(self) -> tuple[int, float | None]:
+        row = await self._transaction(
+            lambda conn: conn.fetchrow(
+                """SELECT count(*) AS n, min(GREATEST(due_at, COALESCE(lease_expires_at, due_at))) AS next
+                   FROM asset_worker.jobs WHERE state = ANY($1::text[])""",
+                _UNFINISHED_STATES,
+            )
+        )
+        counted = _one(row)
+        return int(counted["n"]), opt_float(counted["next"])
+
+    async def queue_stats(self, *, now: float) -> QueueStats:
+        async def body(conn: Conn) -> QueueStats:
+            counts = await conn.fetch("SELECT state, count(*) AS n FROM asset_worker.jobs GROUP BY state")
+            backlog = _one(
+                await conn.fetchrow(
+                    """SELECT count(*) AS n, min(due_at) AS oldest FROM asset_worker.jobs
+                   WHERE state = ANY($1::text[]) AND due_at <= $2
+                     AND (lease_expires_at IS NULL OR lease_expires_at <= $2)""",
+                    _UNFINISHED_STATES,
+                    now,
+                )
+            )
+            by_state = dict.fromkeys(JobState, 0)
+            for row in counts:
+                by_state[JobState(row["state"])] = int(row["n"])
+            return QueueStats(
+                by_state=by_state,
+                due=int(backlog["n"]),
+                oldest_due_at=opt_float(backlog["oldest"]),
+            )
+
+        return await self._transaction(body, read_only=True)
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    async def _update_leased(self, key: JobKey, owner: str, assignments: str, *params: Any) -> None:
+        await self._transaction(lambda conn: _update_leased(conn, key, owner, assignments, *params))
+
+    async def _transaction(
+        self, body: Callable[[Conn], Awaitable[T]], *, retry: bool = True, read_only: bool = False
+    ) -> T:
+        """Run ``body`` in one transaction on a pooled connection.
+
+        Connection trouble before COMMIT is retried with backoff (see the module docstring);
+        past ``retry_window_s``, or during COMMIT, it becomes ``StoreUnavailable``, as does any
+        other error about the database's state (a full disk, a revoked privilege, a dropped table,
+        a read-only standby after a failover): the worker backs off and carries on. An error about
+        the statement itself (a constraint violated, a value the column cannot hold, an SQL
+        mistake) is a bug, not an outage, and is raised as the driver reported it, as SQLite's are:
+        waiting would repeat it forever and hide it. ``read_only`` reads see one snapshot (a job
+        and its assets from one commit).
+
+        Nothing here is ``StoreUnusable``: on a shared server a revoked privilege or a dropped table
+        is one operator's change that another undoes while every replica waits, and a restarted
+        replica would only re-run the migrations (recreating a dropped schema, empty).
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (self._retry_window_s if retry else 0.0)
+        delay = 0.1
+        while True:
+            committing = False
+            try:
+                async with self._pool.acquire() as conn:
+                    tx = (
+                        conn.transaction(isolation="repeatable_read", readonly=True)
+                        if read_only
+                        else conn.transaction()
+                    )
+                    await tx.start()
+                    try:
+                        result = await body(conn)
+                    except BaseException:
+                        await shielded(_rollback_quietly(tx))
+                        raise
+                    committing = True
+                    await tx.commit()
+                    return result
+            except TRANSIENT as exc:
+                reason = f"PostgreSQL store: {describe(exc)}"
+                if committing or loop.time() + delay > deadline:
+                    raise StoreUnavailable(reason) from exc
+                log.warning("store_retrying", error=reason, retry_in_s=round(delay, 2))
+            except asyncpg.PostgresError as exc:
+                if is_a_bug(exc):
+                    raise
+                raise StoreUnavailable(f"PostgreSQL store: {describe(exc)}") from exc
+            await self._sleep(delay)
+            delay = min(delay * 2, 2.0) * (0.5 + random.random() / 2)
+
+    async def _migrate(self) -> None:
+        """Bring the schema to the newest version, once, even if several replicas start together.
+
+        A schema already current is only read: a role with no right to create anything (a
+        least-privilege worker, a program that only submits) starts as long as someone migrated.
+        """
+        migrations = postgres_schema.MIGRATIONS  # read at call time, so a test can add one
+
+        async def current(conn: Conn) -> int:
+            if await conn.fetchval("SELECT to_regclass('asset_worker.schema_version')") is None:
+                return 0
+            return int(await conn.fetchval("SELECT max(version) FROM asset_worker.schema_version") or 0)
+
+        async def body(conn: Conn) -> None:
+            version = await current(conn)
+            if version == len(migrations):
+                return
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", postgres_schema.MIGRATION_LOCK_ID)
+            await conn.execute("CREATE SCHEMA IF NOT EXISTS asset_worker")
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS asset_worker.schema_version (version integer NOT NULL)"
+            )
+            version = await current(conn)  # another replica may have migrated while we waited
+            if version > len(migrations):
+                raise ConfigError(
+                    f"the store has schema version {version}, newer than this asset-worker knows "
+                    f"({len(migrations)}); upgrade asset-worker"
+                )
+            for number, statements in enumerate(migrations[version:], start=version + 1):
+                for statement in statements:
+                    await conn.execute(statement)
+                await conn.execute("INSERT INTO asset_worker.schema_version (version) VALUES ($1)", number)
+                log.info("store_migrated", backend="postgresql", version=number)
+
+        try:
+            await self._transaction(body)
+        except StoreUnavailable as exc:
+            if isinstance(exc.__cause__, asyncpg.InsufficientPrivilegeError):
+                raise ConfigError(
+                    "the PostgreSQL role cannot create or migrate the asset_worker schema "
+                    f"({exc.__cause__}); grant it CREATE on the database once, or migrate with a "
+                    "role that has it"
+                ) from exc
+            raise
+
+
+async def _rollback_quietly(tx: asyncpg.transaction.Transaction) -> None:
+    # On a dead connection the rollback fails too; the server has rolled back already.
+    with contextlib.suppress(*TRANSIENT, asyncpg.InterfaceError):
+        await tx.rollback()
+
+
+def _json(state: dict[str, Any]) -> str:
+    """Provider state as jsonb text; jsonb cannot hold U+0000, so NULs become U+FFFD (as in SQLite)."""
+    return json.dumps(without_nul(state))
+
+
+def _one(row: asyncpg.Record | None) -> asyncpg.Record:
+    """The row an aggregate query always returns."""
+    if row is None:
+        raise RuntimeError("an aggregate query returned no row")
+    return row
+
+
+def _count(status: str) -> int:
+    """The row count of a command status such as ``UPDATE 3`` or ``DELETE 0``."""
+    return int(status.rsplit(" ", 1)[-1])
+
+
+async def _update_leased(conn: Conn, key: JobKey, owner: str, assignments: str, *params: Any) -> None:
+    """``UPDATE asset_worker.jobs SET <assignments>`` on a job leased to ``owner`` ($1 = key, $2 =
+    owner; ``assignments`` numbers its own parameters from $3)."""
+    # assignments is always a constant of this module; values travel as parameters.
+    sql = "UPDATE asset_worker.jobs SET " + assignments + " WHERE key = $1 AND lease_owner = $2"  # noqa: S608
+    if _count(await conn.execute(sql, str(key), owner, *params)) != 1:
+        raise await _lease_lost(conn, key, owner)
+
+
+async def _check_leased(conn: Conn, key: JobKey, owner: str) -> None:
+    # FOR SHARE: the lease cannot be taken over between this check and the write that follows.
+    held = await conn.fetchval(
+        "SELECT 1 FROM asset_worker.jobs WHERE key = $1 AND lease_owner = $2 FOR SHARE", str(key), owner
+    )
+    if held is None:
+        raise await _lease_lost(conn, key, owner)
+
+
+async def _lease_lost(conn: Conn, key: JobKey, owner: str) -> LeaseLost:
+    row = await conn.fetchrow("SELECT lease_owner FROM asset_worker.jobs WHERE key = $1", str(key))
+    if row is None:
+        return LeaseLost(f"job {key} does not exist (writer {owner!r})")
+    holder = row["lease_owner"]
+    held = "no lease" if holder is None else f"leased to {holder!r}"
+    return LeaseLost(f"job {key} is not leased to {owner!r} ({held})")
+
+
+async def _check_asset_exists(conn: Conn, key: JobKey, asset_id: str) -> None:
+    found = await conn.fetchval(
+        "SELECT 1 FROM asset_worker.assets WHERE job_key = $1 AND asset_id = $2", str(key), asset_id
+    )
+    if found is None:
+        raise KeyError(f"job {key} has no asset {asset_id!r}")
+
+
+async def _load(conn: Conn, keys: Sequence[str]) -> list[Job]:
+    """The jobs named by ``keys`` that exist, in that order, each with its assets by position."""
+    job_rows = await conn.fetch("SELECT * FROM asset_worker.jobs WHERE key = ANY($1::text[])", list(keys))
+    asset_rows = await conn.fetch(
+        """SELECT * FROM asset_worker.assets WHERE job_key = ANY($1::text[])
+           ORDER BY job_key, position""",
+        list(keys),
+    )
+    assets: dict[str, list[AssetRecord]] = {}
+    for row in asset_rows:
+        assets.setdefault(str(row["job_key"]), []).append(asset_from_row(row))
+    jobs = {str(row["key"]): job_from_row(row, tuple(assets.get(str(row["key"]), ()))) for row in job_rows}
+    return [jobs[k] for k in keys if k in jobs]

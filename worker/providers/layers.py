@@ -7,6 +7,9 @@ descriptor, not the container's summary, is authoritative for the URL, size, che
 Errors come in one envelope, ``{"error": {"code", "message", "requestId", "details"}}``; the code
 is what we branch on and report (lower-cased), never the message. Every read of this provider goes
 through one ``RateLimiter``, because the vendor's read budget is per API key, not per job.
+
+A little over 400 lines: the vendor's whole protocol (ids, jobs, containers, descriptors, errors)
+and its spec, kept in the one module the registry names.
 """
 
 from __future__ import annotations

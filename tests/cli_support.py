@@ -49,23 +49,26 @@ def cli_environment(tmp_path: Path, sim: Simulator) -> dict[str, str]:
     return env
 
 
-async def start(env: Mapping[str, str], *args: str) -> asyncio.subprocess.Process:
+async def start(env: Mapping[str, str], *args: str, stdin: bool = False) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "worker.cli",
         *args,
         env=dict(env),
-        stdin=asyncio.subprocess.DEVNULL,
+        stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
 
 
-async def cli(env: Mapping[str, str], *args: str, timeout_s: float = 60) -> Result:
-    """Run the CLI to completion while this event loop keeps serving the simulator."""
-    proc = await start(env, *args)
-    out, err = await asyncio.wait_for(proc.communicate(), timeout_s)
+async def cli(
+    env: Mapping[str, str], *args: str, timeout_s: float = 60, stdin: bytes | None = None
+) -> Result:
+    """Run the CLI to completion while this event loop keeps serving the simulator; ``stdin`` is
+    what its standard input reads (nothing, by default)."""
+    proc = await start(env, *args, stdin=stdin is not None)
+    out, err = await asyncio.wait_for(proc.communicate(stdin), timeout_s)
     assert proc.returncode is not None
     return Result(proc.returncode, out.decode(), err.decode())
 

@@ -117,7 +117,7 @@ async def until_finished(store: Store, fleet: Fleet) -> None:
     while True:
         fleet.check()
         with contextlib.suppress(StoreUnavailable):
-            count, _ = await store.unfinished()
-            if count == 0:
+            busy, _ = await store.unfinished()
+            if not busy:
                 return
         await asyncio.sleep(0.2)

@@ -9,8 +9,12 @@ from pathlib import Path
 import pytest
 
 from tests.cli_support import cli, cli_environment, files_under, start, status_json, wait_for_part_file
+from worker import cli as worker_cli
+from worker.models import JobKey
 from worker.simulator.app import Simulator
 from worker.simulator.content import content_sha256
+from worker.statusview import job_to_json
+from worker.store import open_store
 
 
 @pytest.fixture
@@ -84,6 +88,26 @@ async def test_usage_and_config_errors_exit_2(
     assert (await status_json(cli_env)) == []
 
 
+async def test_submit_reads_keys_from_a_file_or_standard_input(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """--from-file takes one key a line (blank lines and # comments skipped), '-' reads standard
+    input; every key, on the command line and in the file, is checked before any is written."""
+    listing = tmp_path / "keys.txt"
+    listing.write_text("# tonight's renders\ncloudlayer:f1\n\n  cloudlayer:f2  \n")
+    result = await cli(cli_env, "submit", "cloudlayer:f0", "--from-file", str(listing))
+    assert result.code == 0, result.err
+    assert result.out.split() == ["cloudlayer:f0", "cloudlayer:f1", "cloudlayer:f2"]
+    piped = await cli(cli_env, "submit", "--from-file", "-", stdin=b"cloudlayer:f3\ncloudlayer:f1\n")
+    assert piped.code == 0 and piped.out.split() == ["cloudlayer:f3", "cloudlayer:f1"]
+    listing.write_text("cloudlayer:f4\nlayers:foo\n")
+    refused = await cli(cli_env, "submit", "--from-file", str(listing))
+    assert refused.code == 2 and "layers:foo" in refused.err
+    missing = await cli(cli_env, "submit", "--from-file", str(tmp_path / "nope.txt"))
+    assert missing.code == 2 and "--from-file" in missing.err
+    assert sorted(j["key"] for j in await status_json(cli_env)) == [f"cloudlayer:f{i}" for i in range(4)]
+
+
 async def test_status_of_unknown_key_exits_1(cli_env: dict[str, str]) -> None:
     """Asking for a job that does not exist is a failure the caller can see."""
     result = await cli(cli_env, "status", "cloudlayer:missing")
@@ -116,3 +140,20 @@ async def test_killed_worker_is_recovered_by_the_next(
     assert digest.hexdigest() == content_sha256(job.seed, job.size)
     (status,) = await status_json(env)
     assert status["state"] == "done" and status["attempts"] == 2
+
+
+@pytest.mark.parametrize("jobs", [0, 1, 5])
+async def test_status_json_of_every_job_is_written_page_by_page(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], jobs: int
+) -> None:
+    """With no key, status --json reads the store a page at a time (memory flat in the number of
+    jobs) and writes exactly the text of the whole array at once."""
+    store = await open_store(f"sqlite:///{tmp_path / 'paged.db'}")
+    try:
+        await store.submit_many([JobKey("cloudlayer", f"p{i}") for i in range(jobs)], now=1.0)
+        monkeypatch.setattr(worker_cli, "STATUS_PAGE", 2)
+        await worker_cli._print_all_as_json(store)
+        everything = await store.list_jobs()
+    finally:
+        await store.close()
+    assert capsys.readouterr().out == json.dumps([job_to_json(j) for j in everything], indent=2) + "\n"

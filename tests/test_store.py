@@ -119,6 +119,33 @@ async def test_force_leaves_a_job_in_progress_alone(store: Store) -> None:
     assert result.job == claimed
 
 
+async def test_submit_many_answers_each_key_in_order_as_one_by_one_submits_would(store: Store) -> None:
+    """One transaction for a batch: each key's result in the order given; a key listed twice is
+    created (or re-queued) by its first mention only; finished jobs re-queue with force, jobs in
+    progress and new ones do not; the batch's dest goes to what it creates or re-queues."""
+    await ready(store, B, ["x"])
+    await store.finish(B, owner="w1", now=3.0, state=JobState.FAILED, error=ERR)
+    await store.submit(C, now=1.0)
+    await store.claim(owner="w1", phase=Phase.POLL, now=4.0, lease_s=30, limit=1)  # C, in progress
+    results = await store.submit_many([A, B, C, A, B], now=9.0, force=True, dest="/srv/t")
+    assert [r.job.key for r in results] == [A, B, C, A, B]
+    assert [(r.created, r.requeued) for r in results] == [
+        (True, False),
+        (False, True),
+        (False, False),
+        (False, False),
+        (False, False),
+    ]
+    queued, polling = JobState.QUEUED, JobState.POLLING
+    assert [r.job.state for r in results] == [queued, queued, polling, queued, queued]
+    assert (results[0].job.dest, results[1].job.dest, results[2].job.dest) == ("/srv/t", "/srv/t", None)
+    assert results[1].job.assets == () and results[1].job.submitted_at == 9.0
+    assert results[0].job == results[3].job
+    assert await store.submit_many([], now=9.0) == []
+    again = await store.submit_many([A, B], now=10.0)
+    assert [(r.created, r.requeued) for r in again] == [(False, False), (False, False)]
+
+
 # -- claim ----------------------------------------------------------------------------------
 
 
@@ -491,19 +518,20 @@ async def test_list_jobs_filters_by_state_in_submission_order(store: Store) -> N
     assert await store.list_jobs(states=[]) == []
 
 
-async def test_unfinished_counts_and_finds_the_next_claimable_moment(store: Store) -> None:
-    """unfinished counts non-final jobs and the earliest of due_at, or lease expiry when later."""
-    assert await store.unfinished() == (0, None)
+async def test_unfinished_finds_the_next_claimable_moment(store: Store) -> None:
+    """unfinished says whether any job is not final, and the earliest of due_at, or lease expiry
+    when later."""
+    assert await store.unfinished() == (False, None)
     await store.submit(A, now=5.0)
     await store.submit(B, now=10.0)
     await store.submit(C, now=1.0)
     await store.claim(owner="w1", phase=Phase.POLL, now=1.0, lease_s=1, limit=1)  # takes C
     await store.finish(C, owner="w1", now=1.5, state=JobState.CANCELED)
-    assert await store.unfinished() == (2, 5.0)
+    assert await store.unfinished() == (True, 5.0)
     await store.claim(owner="w1", phase=Phase.POLL, now=5.0, lease_s=20, limit=1)  # A, leased to 25
-    assert await store.unfinished() == (2, 10.0)
+    assert await store.unfinished() == (True, 10.0)
     await store.claim(owner="w1", phase=Phase.POLL, now=10.0, lease_s=30, limit=1)  # B, leased to 40
-    assert await store.unfinished() == (2, 25.0)
+    assert await store.unfinished() == (True, 25.0)
 
 
 async def test_list_jobs_pages_with_a_cursor_that_survives_new_submissions(store: Store) -> None:
@@ -533,7 +561,7 @@ async def test_cancel_ends_an_unfinished_job_and_takes_its_lease(store: Store) -
     with pytest.raises(LeaseLost):
         await store.record_receipt(A, owner="w1", receipt=receipt("x"))
     assert await store.claim(owner="w2", phase=Phase.TRANSFER, now=99.0, lease_s=30, limit=5) == []
-    assert await store.unfinished() == (0, None)
+    assert await store.unfinished() == (False, None)
 
 
 async def test_cancel_leaves_final_jobs_alone_and_reports_unknown_ones(store: Store) -> None:
@@ -618,7 +646,7 @@ async def test_data_survives_closing_and_reopening(store_url: str) -> None:
     second = await open_store(store_url)
     try:
         assert await second.list_jobs() == before
-        assert await second.unfinished() == (2, 4.0)  # A's lease (to 32) outlives B's due time
+        assert await second.unfinished() == (True, 4.0)  # A's lease (to 32) outlives B's due time
     finally:
         await second.close()
 
@@ -735,7 +763,11 @@ async def _run_model(url: str, ops: list[tuple[str, str, int]]) -> None:
                 await _model_claim(store, model, owner, now, n)
             else:
                 await _model_write(store, model[KEYS[n]], op, owner, KEYS[n], now)
-        assert (await store.unfinished())[0] == sum(not m.final for m in model.values())
+        # Whether any job is left, and when the next may be claimed: its due time, or its lease's
+        # end when later (an expired lease still counts until the next claim or release).
+        left = [m for m in model.values() if not m.final]
+        moment = min((max(m.due_at, m.expires_at) if m.owner else m.due_at for m in left), default=None)
+        assert await store.unfinished() == (bool(left), moment)
     finally:
         await store.close()
 

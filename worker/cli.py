@@ -17,6 +17,7 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -24,6 +25,7 @@ import structlog
 from worker import log as worker_log
 from worker.app import open_store_when_reachable, open_worker, run_service
 from worker.config import Settings, from_env, secret_values
+from worker.enqueue import SUBMIT_BATCH
 from worker.errors import ConfigError, InvalidJob, StoreUnusable, WorkerError
 from worker.http.binding import http_binding
 from worker.models import JobKey
@@ -32,7 +34,7 @@ from worker.redaction import register_secrets
 from worker.sdnotify import Notifier
 from worker.simulator import command as simulator_command
 from worker.statusview import job_to_json, render_table
-from worker.store import open_store
+from worker.store import Cursor, Store, open_store
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -57,7 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     examples = ", ".join(spec.key_example for spec in PROVIDERS.values())
     submit = commands.add_parser("submit", help=f"queue jobs by key ({examples})")
-    submit.add_argument("keys", nargs="+", metavar="KEY")
+    submit.add_argument("keys", nargs="*", metavar="KEY")
+    submit.add_argument(
+        "--from-file",
+        metavar="FILE",
+        help="also read keys from FILE, one a line ('-': standard input; blank and # lines skipped)",
+    )
     submit.add_argument("--force", action="store_true", help="re-queue jobs that already finished")
 
     run = commands.add_parser("run", help="work the queue until stopped (SIGTERM / Ctrl-C)")
@@ -115,7 +122,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     match args.command:
         case "submit":
-            return await _submit(settings, args.keys, force=args.force)
+            keys = [*args.keys, *(_keys_from(args.from_file) if args.from_file else ())]
+            return await _submit(settings, keys, force=args.force)
         case "run":
             return await _run(settings, until_idle=args.until_idle, http=not args.no_http)
         case "status":
@@ -132,25 +140,40 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _submit(settings: Settings, raw_keys: Sequence[str], *, force: bool) -> int:
+    if not raw_keys:
+        raise ConfigError("submit: give at least one KEY, or --from-file FILE")
     keys = [parse_key(k) for k in raw_keys]  # every key is checked before any is written
     store = await open_store(settings.store_url, pool_size=settings.pg_pool_size)
+    log = structlog.get_logger("worker.cli")
     try:
         now = time.time()
-        for key in keys:
-            result = await store.submit(key, now=now, force=force)
-            structlog.get_logger("worker.cli").info(
-                "job_submitted", job=str(key), created=result.created, requeued=result.requeued
-            )
-            print(result.job.key)
+        for start in range(0, len(keys), SUBMIT_BATCH):
+            for result in await store.submit_many(keys[start : start + SUBMIT_BATCH], now=now, force=force):
+                log.info(
+                    "job_submitted", job=str(result.job.key), created=result.created, requeued=result.requeued
+                )
+                print(result.job.key)
     finally:
         await store.close()
     return EXIT_OK
+
+
+def _keys_from(path: str) -> list[str]:
+    """The keys of a file, one a line (blank lines and lines starting with # skipped)."""
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--from-file {path}: cannot read it ({exc})") from None
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
 
 
 async def _status(settings: Settings, raw_keys: Sequence[str], *, as_json: bool) -> int:
     keys = [JobKey.parse(k) for k in raw_keys]
     store = await open_store(settings.store_url, pool_size=settings.pg_pool_size)
     try:
+        if as_json and not keys:
+            await _print_all_as_json(store)
+            return EXIT_OK
         jobs = await store.get(keys) if keys else await store.list_jobs()
     finally:
         await store.close()
@@ -162,6 +185,28 @@ async def _status(settings: Settings, raw_keys: Sequence[str], *, as_json: bool)
     for key in missing:
         print(f"asset-worker: unknown job {key}", file=sys.stderr)
     return EXIT_FAILURE if missing else EXIT_OK
+
+
+# Jobs read per page when every job is printed: memory stays flat however many there are.
+STATUS_PAGE = 1000
+
+
+async def _print_all_as_json(store: Store) -> None:
+    """Every job as the status JSON array, page by page (keyset order), written as it is read.
+
+    The text is exactly ``json.dumps(jobs, indent=2)`` of the whole list.
+    """
+    out = sys.stdout
+    after: Cursor | None = None
+    first = True
+    while page := await store.list_jobs(limit=STATUS_PAGE, after=after):
+        for job in page:
+            text = json.dumps(job_to_json(job), indent=2).replace("\n", "\n  ")
+            out.write(("[\n  " if first else ",\n  ") + text)
+            first = False
+        last = page[-1]
+        after = Cursor(submitted_at=last.submitted_at, key=str(last.key))
+    out.write("[]\n" if first else "\n]\n")
 
 
 async def _run(settings: Settings, *, until_idle: bool, http: bool) -> int:

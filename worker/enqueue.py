@@ -22,6 +22,10 @@ from worker.store import Store, SubmitResult, open_store
 
 Keys = str | JobKey | Iterable[str | JobKey]
 
+# Keys per transaction: large enough that a transaction's cost vanishes per key, small enough that
+# a batch's results (each a whole job) stay a few MiB.
+SUBMIT_BATCH = 1000
+
 
 async def submit_async(
     keys: Keys,
@@ -80,4 +84,8 @@ async def _submit_all(
     store: Store, keys: list[JobKey], *, dest: str | None, force: bool
 ) -> list[SubmitResult]:
     now = time.time()
-    return [await store.submit(key, now=now, force=force, dest=dest) for key in keys]
+    results = []
+    for start in range(0, len(keys), SUBMIT_BATCH):
+        batch = keys[start : start + SUBMIT_BATCH]
+        results += await store.submit_many(batch, now=now, force=force, dest=dest)
+    return results

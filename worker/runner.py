@@ -161,7 +161,7 @@ class Runner:
                     await self._renew_alive()
                 claimed = await self._claim(group, Phase.TRANSFER, self._settings.concurrency)
                 claimed += await self._claim(group, Phase.POLL, self._settings.poll_concurrency)
-                count, next_due = await self._store.unfinished()
+                busy, next_due = await self._store.unfinished()
             except StoreUnusable as exc:
                 # Waiting cannot help (a damaged or read-only file): stop claiming and let the
                 # command exit with the reason, rather than retry forever.
@@ -178,7 +178,7 @@ class Runner:
                 await _wait_any([stop.wait()], timeout_s=self._settings.claim_interval_s)
                 continue
             store_was_down = False
-            if until_idle and count == 0 and not self._active:
+            if until_idle and not busy and not self._active:
                 log.info("runner_idle")
                 return
             timeout = self._settings.claim_interval_s

@@ -82,9 +82,17 @@ async def submit_jobs(request: web.Request) -> web.Response:
             dest = _dest(raw_dest, service.dest_url, where)
         wanted.append((key, dest))
     now = service.clock.now()
-    results = []
+    # One batch per destination named (usually one): a transaction each, not one per job.
+    by_dest: dict[str | None, list[JobKey]] = {}
     for key, dest in wanted:
-        result = await service.store.submit(key, now=now, dest=dest)
+        by_dest.setdefault(dest, []).append(key)
+    submitted = {}
+    for dest, keys in by_dest.items():
+        for result in await service.store.submit_many(keys, now=now, dest=dest):
+            submitted[result.job.key] = result
+    results = []
+    for key, _ in wanted:
+        result = submitted[key]
         # dest is the job's as stored: a job that already existed keeps its own.
         results.append({"created": result.created, "dest": result.job.dest, "job": job_to_json(result.job)})
     service.wake()

@@ -32,5 +32,8 @@ def parse_key(text: str) -> JobKey:
     if spec is None:
         known = ", ".join(sorted(PROVIDERS))
         raise InvalidJob(f"job key {text!r} names unknown provider {key.provider!r} (known: {known})")
-    spec.check_id(key.upstream_id)
+    try:
+        spec.check_id(key.upstream_id)
+    except InvalidJob as exc:
+        raise InvalidJob(f"job key {text!r}: {exc.message}") from None
     return key

@@ -72,6 +72,16 @@ class Store(Protocol):
         """
         ...
 
+    async def submit_many(
+        self, keys: Sequence[JobKey], *, now: float, force: bool = False, dest: str | None = None
+    ) -> list[SubmitResult]:
+        """``submit`` for every key, in one transaction (all or none), one result per key in order.
+
+        A key listed twice is created once (its second result says ``created=False``). Callers
+        with very many keys pass them in batches of a few thousand: the results are all loaded.
+        """
+        ...
+
     async def cancel(self, key: JobKey, *, now: float) -> Job | None:
         """Move an unfinished job to ``canceled`` (``finished_at=now``, lease dropped), so the worker
         holding it loses its lease at its next write and abandons the work. A final job is returned
@@ -199,9 +209,12 @@ class Store(Protocol):
         """Counts by state, and the backlog due at ``now`` that no live lease holds."""
         ...
 
-    async def unfinished(self) -> tuple[int, float | None]:
-        """How many jobs are not final, and the earliest moment one of them may be claimed
-        (``due_at`` or, if leased, ``lease_expires_at``, whichever is later); ``None`` if none."""
+    async def unfinished(self) -> tuple[bool, float | None]:
+        """Whether any job is not final, and the earliest moment one of them may be claimed
+        (``due_at`` or, if leased, ``lease_expires_at``, whichever is later); ``None`` if none.
+
+        Asked on every pass of the claim loop: it must not count or scan the queue (an index
+        lookup per phase, and a look at the leased jobs)."""
         ...
 
     async def ping(self) -> None:
@@ -209,6 +222,25 @@ class Store(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+def submit_results(
+    names: Sequence[str], jobs: Sequence[Job], *, existing: set[str], requeued: set[str]
+) -> list[SubmitResult]:
+    """One result per submitted key, in order, as if the keys had been submitted one by one: only
+    the first mention of a key can have created or re-queued it."""
+    by_key = {str(job.key): job for job in jobs}
+    seen: set[str] = set()
+    results = []
+    for name in names:
+        first = name not in seen
+        seen.add(name)
+        results.append(
+            SubmitResult(
+                job=by_key[name], created=first and name not in existing, requeued=first and name in requeued
+            )
+        )
+    return results
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -79,4 +79,15 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """ALTER TABLE asset_worker.jobs ADD CONSTRAINT jobs_provider_name
                CHECK (provider ~ '^[a-z][a-z0-9_-]{0,39}$')""",
     ),
+    # 3: claims and the runner's "anything left?" read the due jobs of one phase in queue order and
+    # stop after a few rows: each phase has an index in exactly that order, so neither sorts nor
+    # scans the queue however long it grows; leased jobs (a few per replica) have their own.
+    (
+        """CREATE INDEX jobs_poll_due ON asset_worker.jobs (due_at, submitted_at, key)
+               WHERE state IN ('queued', 'polling')""",
+        """CREATE INDEX jobs_transfer_due ON asset_worker.jobs (due_at, submitted_at, key)
+               WHERE state = 'downloading'""",
+        """CREATE INDEX jobs_leased ON asset_worker.jobs (lease_expires_at)
+               WHERE lease_expires_at IS NOT NULL""",
+    ),
 )

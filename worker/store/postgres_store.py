@@ -42,7 +42,7 @@ from worker.errors import ConfigError, LeaseLost, StoreUnavailable
 from worker.models import AssetRecord, AssetRef, Job, JobError, JobKey, JobState, Receipt
 from worker.redaction import redact_url
 from worker.store import postgres_schema
-from worker.store.base import Cursor, Phase, QueueStats, SubmitResult
+from worker.store.base import Cursor, Phase, QueueStats, SubmitResult, submit_results
 from worker.store.postgres_errors import TRANSIENT, describe, is_a_bug
 from worker.store.rows import (
     asset_from_row,
@@ -69,47 +69,66 @@ DEFAULT_RETRY_WINDOW_S = 15.0
 _FINAL_STATES = [s.value for s in JobState if s.is_final]
 # Positive lists use the (state, due_at) index; NOT (state = ANY(final)) would scan every finished job.
 _UNFINISHED_STATES = [s.value for s in JobState if not s.is_final]
-_PHASE_STATES = {
-    Phase.POLL: [JobState.QUEUED.value, JobState.POLLING.value],
-    Phase.TRANSFER: [JobState.DOWNLOADING.value],
+# Each phase's states are written out (not a parameter) so that the planner can use the phase's
+# partial index (postgres_schema, version 3): rows come in queue order and the scan stops at LIMIT.
+_PHASE_WHERE = {
+    Phase.POLL: "state IN ('queued', 'polling')",
+    Phase.TRANSFER: "state = 'downloading'",
 }
-# Due jobs of the phase, earliest first, locked; rows another claim has locked are skipped.
-_DUE = """
+
+
+def _claim(phase: Phase, lease: str) -> str:
+    """The claim of the phase's due rows, earliest first, locked (rows another claim has locked are
+    skipped); ``lease`` is the constant UPDATE applied to them. Joined from module constants only."""
+    return f"""
     WITH due AS (
         SELECT key FROM asset_worker.jobs
-        WHERE state = ANY($1::text[]) AND due_at <= $2
-          AND (lease_expires_at IS NULL OR lease_expires_at <= $2)
+        WHERE {_PHASE_WHERE[phase]} AND due_at <= $1
+          AND (lease_expires_at IS NULL OR lease_expires_at <= $1)
         ORDER BY due_at, submitted_at, key
-        LIMIT $3
-        FOR UPDATE SKIP LOCKED)"""
+        LIMIT $2
+        FOR UPDATE SKIP LOCKED){lease}"""  # noqa: S608
 
 
-def _claim(lease: str) -> str:
-    """The claim of the due rows: ``lease`` is the constant UPDATE applied to them."""
-    return _DUE + lease
+# The earliest moment any unfinished job may be claimed: the first unleased one of each phase in
+# queue order (an index walk past the few leased rows), or a lease running out. LEAST skips NULLs.
+_NEXT_CLAIMABLE = f"""
+    SELECT LEAST(
+        (SELECT due_at FROM asset_worker.jobs
+         WHERE {_PHASE_WHERE[Phase.POLL]} AND lease_expires_at IS NULL
+         ORDER BY due_at, submitted_at, key LIMIT 1),
+        (SELECT due_at FROM asset_worker.jobs
+         WHERE {_PHASE_WHERE[Phase.TRANSFER]} AND lease_expires_at IS NULL
+         ORDER BY due_at, submitted_at, key LIMIT 1),
+        (SELECT min(GREATEST(due_at, lease_expires_at)) FROM asset_worker.jobs
+         WHERE lease_expires_at IS NOT NULL AND state IN ('queued', 'polling', 'downloading'))
+    ) AS next"""  # noqa: S608
 
 
 _CLAIM = {
     Phase.POLL: _claim(
+        Phase.POLL,
         """
         UPDATE asset_worker.jobs AS j
-        SET lease_owner = $4, lease_expires_at = $5, updated_at = $2,
+        SET lease_owner = $3, lease_expires_at = $4, updated_at = $1,
             state = CASE WHEN j.state = 'queued' THEN 'polling' ELSE j.state END,
-            polling_since = COALESCE(j.polling_since, $2)
+            polling_since = COALESCE(j.polling_since, $1)
         FROM due WHERE j.key = due.key
-        RETURNING j.key"""
+        RETURNING j.key""",
     ),
     Phase.TRANSFER: _claim(
+        Phase.TRANSFER,
         """
         UPDATE asset_worker.jobs AS j
-        SET lease_owner = $4, lease_expires_at = $5, updated_at = $2, attempts = j.attempts + 1
+        SET lease_owner = $3, lease_expires_at = $4, updated_at = $1, attempts = j.attempts + 1
         FROM due WHERE j.key = due.key
-        RETURNING j.key"""
+        RETURNING j.key""",
     ),
 }
-_INSERT = """
+_INSERT_MANY = """
     INSERT INTO asset_worker.jobs (key, provider, upstream_id, state, submitted_at, updated_at, due_at, dest)
-    VALUES ($1, $2, $3, 'queued', $4, $4, $4, $5)
+    SELECT key, provider, upstream_id, 'queued', $4, $4, $4, $5
+    FROM unnest($1::text[], $2::text[], $3::text[]) AS given (key, provider, upstream_id)
     ON CONFLICT (key) DO NOTHING
     RETURNING key"""
 _REQUEUE = """
@@ -117,7 +136,8 @@ _REQUEUE = """
         dest = $2, finished_at = NULL, polling_since = NULL, polls = 0, attempts = 0,
         error_code = NULL, error_message = NULL, lease_owner = NULL, lease_expires_at = NULL,
         provider_state = '{}'
-    WHERE key = $3 AND state = ANY($4::text[])"""
+    WHERE key = ANY($3::text[]) AND state = ANY($4::text[])
+    RETURNING key"""
 _CANCEL = """
     UPDATE asset_worker.jobs SET state = 'canceled', finished_at = $1, updated_at = $1,
         lease_owner = NULL, lease_expires_at = NULL
@@ -192,17 +212,43 @@ class PostgresStore:
     async def submit(
         self, key: JobKey, *, now: float, force: bool = False, dest: str | None = None
     ) -> SubmitResult:
-        k = str(key)
+        (result,) = await self.submit_many([key], now=now, force=force, dest=dest)
+        return result
 
-        async def body(conn: Conn) -> SubmitResult:
-            created = await conn.fetchval(_INSERT, k, key.provider, key.upstream_id, now, dest) is not None
-            requeued = False
-            if not created and force:
-                requeued = _count(await conn.execute(_REQUEUE, now, dest, k, _FINAL_STATES)) == 1
-                if requeued:
-                    await conn.execute("DELETE FROM asset_worker.assets WHERE job_key = $1", k)
-            (job,) = await _load(conn, [k])
-            return SubmitResult(job=job, created=created, requeued=requeued)
+    async def submit_many(
+        self, keys: Sequence[JobKey], *, now: float, force: bool = False, dest: str | None = None
+    ) -> list[SubmitResult]:
+        names = [str(key) for key in keys]
+        unique = sorted(set(names))
+        parts = {str(key): key for key in keys}
+
+        async def body(conn: Conn) -> list[SubmitResult]:
+            # RETURNING names exactly the rows this statement inserted, even when another replica
+            # submits the same keys at the same instant (ON CONFLICT DO NOTHING lets one win).
+            created = {
+                str(row["key"])
+                for row in await conn.fetch(
+                    _INSERT_MANY,
+                    unique,
+                    [parts[k].provider for k in unique],
+                    [parts[k].upstream_id for k in unique],
+                    now,
+                    dest,
+                )
+            }
+            requeued: set[str] = set()
+            if force:
+                requeued = {
+                    str(row["key"])
+                    for row in await conn.fetch(
+                        _REQUEUE, now, dest, [k for k in unique if k not in created], _FINAL_STATES
+                    )
+                }
+                await conn.execute(
+                    "DELETE FROM asset_worker.assets WHERE job_key = ANY($1::text[])", sorted(requeued)
+                )
+            jobs = await _load(conn, unique)
+            return submit_results(names, jobs, existing=set(unique) - created, requeued=requeued)
 
         return await self._transaction(body)
 
@@ -223,7 +269,7 @@ class PostgresStore:
             return []
 
         async def body(conn: Conn) -> list[Job]:
-            rows = await conn.fetch(_CLAIM[phase], _PHASE_STATES[phase], now, limit, owner, now + lease_s)
+            rows = await conn.fetch(_CLAIM[phase], now, limit, owner, now + lease_s)
             jobs = await _load(conn, [str(row["key"]) for row in rows])
             # RETURNING has no order; the contract's is the queue's.
             return sorted(jobs, key=lambda j: (j.due_at, j.submitted_at, str(j.key)))
@@ -481,16 +527,11 @@ class PostgresStore:
 
         return await self._transaction(body, read_only=True)
 
-    async def unfinished(self) -> tuple[int, float | None]:
-        row = await self._transaction(
-            lambda conn: conn.fetchrow(
-                """SELECT count(*) AS n, min(GREATEST(due_at, COALESCE(lease_expires_at, due_at))) AS next
-                   FROM asset_worker.jobs WHERE state = ANY($1::text[])""",
-                _UNFINISHED_STATES,
-            )
-        )
-        counted = _one(row)
-        return int(counted["n"]), opt_float(counted["next"])
+    async def unfinished(self) -> tuple[bool, float | None]:
+        row = _one(await self._transaction(lambda conn: conn.fetchrow(_NEXT_CLAIMABLE), read_only=True))
+        # Every unfinished job is either unleased (found in its phase's index) or leased.
+        moment = opt_float(row["next"])
+        return moment is not None, moment
 
     async def queue_stats(self, *, now: float) -> QueueStats:
         async def body(conn: Conn) -> QueueStats:

@@ -39,7 +39,7 @@ from worker.errors import ConfigError, LeaseLost
 from worker.models import AssetRecord, AssetRef, Job, JobError, JobKey, JobState, Receipt
 from worker.redaction import redact_url
 from worker.store import sqlite_schema
-from worker.store.base import Cursor, Phase, QueueStats, Store, StoreSpec, SubmitResult
+from worker.store.base import Cursor, Phase, QueueStats, Store, StoreSpec, SubmitResult, submit_results
 from worker.store.rows import (
     asset_from_row,
     error_columns,
@@ -55,17 +55,40 @@ BUSY_TIMEOUT_S = 10.0
 # Lists travel as one JSON parameter read through json_each(): no SQL is ever built from strings
 # and no list is too long for SQLite's parameter limit.
 _FINAL_STATES = json.dumps([s.value for s in JobState if s.is_final])
-_PHASE_STATES = {
-    Phase.POLL: json.dumps([JobState.QUEUED.value, JobState.POLLING.value]),
-    Phase.TRANSFER: json.dumps([JobState.DOWNLOADING.value]),
-}
 
-_SELECT_DUE = """
-    SELECT key FROM jobs
-    WHERE state IN (SELECT value FROM json_each(?)) AND due_at <= ?
-      AND (lease_expires_at IS NULL OR lease_expires_at <= ?)
+# Each phase's states are written out (not a parameter) so that the planner can use the phase's
+# partial index (sqlite_schema, version 4): rows come in queue order and the scan stops at LIMIT.
+# The queries are joined from these constants only (hence the noqa: no outside text reaches them).
+_PHASE_WHERE = {
+    Phase.POLL: "state IN ('queued', 'polling')",
+    Phase.TRANSFER: "state = 'downloading'",
+}
+_SELECT_DUE = {
+    phase: f"""
+    SELECT key FROM jobs INDEXED BY {index}
+    WHERE {where} AND due_at <= ? AND (lease_expires_at IS NULL OR lease_expires_at <= ?)
     ORDER BY due_at, submitted_at, key
-    LIMIT ?"""
+    LIMIT ?"""  # noqa: S608
+    for phase, where, index in (
+        (Phase.POLL, _PHASE_WHERE[Phase.POLL], "jobs_poll_due"),
+        (Phase.TRANSFER, _PHASE_WHERE[Phase.TRANSFER], "jobs_transfer_due"),
+    )
+}
+# The earliest moment a job of the phase may be claimed: the first unleased one in queue order
+# (a walk of the phase's index that passes only the few leased rows), or a lease running out.
+_NEXT_UNLEASED = {
+    phase: f"""
+    SELECT due_at FROM jobs INDEXED BY {index}
+    WHERE {where} AND lease_expires_at IS NULL
+    ORDER BY due_at, submitted_at, key LIMIT 1"""  # noqa: S608
+    for phase, where, index in (
+        (Phase.POLL, _PHASE_WHERE[Phase.POLL], "jobs_poll_due"),
+        (Phase.TRANSFER, _PHASE_WHERE[Phase.TRANSFER], "jobs_transfer_due"),
+    )
+}
+_NEXT_LEASE_END = """
+    SELECT MIN(MAX(due_at, lease_expires_at)) AS next FROM jobs INDEXED BY jobs_leased
+    WHERE lease_expires_at IS NOT NULL AND state IN ('queued', 'polling', 'downloading')"""
 _CLAIM = {
     Phase.POLL: """
         UPDATE jobs SET lease_owner = ?, lease_expires_at = ?, updated_at = ?,
@@ -144,17 +167,36 @@ class SqliteStore:
     async def submit(
         self, key: JobKey, *, now: float, force: bool = False, dest: str | None = None
     ) -> SubmitResult:
-        k = str(key)
+        (result,) = await self.submit_many([key], now=now, force=force, dest=dest)
+        return result
+
+    async def submit_many(
+        self, keys: Sequence[JobKey], *, now: float, force: bool = False, dest: str | None = None
+    ) -> list[SubmitResult]:
+        names = [str(key) for key in keys]
         async with self._transaction() as db:
-            inserted = await _run(db, _INSERT, (k, key.provider, key.upstream_id, now, now, now, dest))
-            created = inserted == 1
-            requeued = False
-            if not created and force:
-                requeued = await _run(db, _REQUEUE, (now, now, now, dest, k, _FINAL_STATES)) == 1
-                if requeued:
-                    await _run(db, "DELETE FROM assets WHERE job_key = ?", (k,))
-            (job,) = await _load(db, [k])
-        return SubmitResult(job=job, created=created, requeued=requeued)
+            # The write lock is held from BEGIN IMMEDIATE on: what exists now is what exists when
+            # the inserts run, so "created" is exact without a statement (and a thread hop) per key.
+            existing = {
+                str(row["key"]): str(row["state"])
+                for row in await db.execute_fetchall(
+                    "SELECT key, state FROM jobs WHERE key IN (SELECT value FROM json_each(?))",
+                    (json.dumps(names),),
+                )
+            }
+            await db.executemany(
+                _INSERT, [(str(k), k.provider, k.upstream_id, now, now, now, dest) for k in keys]
+            )
+            requeued = sorted(k for k, state in existing.items() if force and JobState(state).is_final)
+            if requeued:
+                await db.executemany(_REQUEUE, [(now, now, now, dest, k, _FINAL_STATES) for k in requeued])
+                await _run(
+                    db,
+                    "DELETE FROM assets WHERE job_key IN (SELECT value FROM json_each(?))",
+                    (json.dumps(requeued),),
+                )
+            jobs = await _load(db, sorted(set(names)))
+        return submit_results(names, jobs, existing=set(existing), requeued=set(requeued))
 
     async def cancel(self, key: JobKey, *, now: float) -> Job | None:
         k = str(key)
@@ -169,7 +211,7 @@ class SqliteStore:
         if limit <= 0:
             return []
         async with self._transaction() as db:
-            rows = await db.execute_fetchall(_SELECT_DUE, (_PHASE_STATES[phase], now, now, limit))
+            rows = await db.execute_fetchall(_SELECT_DUE[phase], (now, now, limit))
             keys = [str(row["key"]) for row in rows]
             if not keys:
                 return []
@@ -428,15 +470,17 @@ class SqliteStore:
         async with self._transaction(write=False) as db:
             await db.execute_fetchall("SELECT 1")
 
-    async def unfinished(self) -> tuple[int, float | None]:
+    async def unfinished(self) -> tuple[bool, float | None]:
         async with self._transaction(write=False) as db:
-            rows = await db.execute_fetchall(
-                """SELECT COUNT(*) AS n, MIN(MAX(due_at, COALESCE(lease_expires_at, due_at))) AS next
-                   FROM jobs WHERE state NOT IN (SELECT value FROM json_each(?))""",
-                (_FINAL_STATES,),
-            )
-            (row,) = rows
-        return int(row["n"]), opt_float(row["next"])
+            moments: list[float] = []
+            for phase in Phase:
+                for row in await db.execute_fetchall(_NEXT_UNLEASED[phase]):
+                    moments.append(float(row["due_at"]))
+            (leased,) = await db.execute_fetchall(_NEXT_LEASE_END)
+            if leased["next"] is not None:
+                moments.append(float(leased["next"]))
+        # Every unfinished job is either unleased (found in its phase's index) or leased.
+        return (True, min(moments)) if moments else (False, None)
 
     # -- plumbing ---------------------------------------------------------------------------
 

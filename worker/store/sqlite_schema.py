@@ -65,4 +65,15 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "DROP INDEX jobs_submitted",
         "CREATE INDEX jobs_submitted ON jobs (submitted_at, key)",
     ),
+    (
+        # Claims and the runner's "anything left?" read the due jobs of one phase in queue order
+        # and stop after a few rows: each phase has an index in exactly that order, so neither
+        # sorts nor scans the queue however long it grows.
+        """CREATE INDEX jobs_poll_due ON jobs (due_at, submitted_at, key)
+               WHERE state IN ('queued', 'polling')""",
+        """CREATE INDEX jobs_transfer_due ON jobs (due_at, submitted_at, key)
+               WHERE state = 'downloading'""",
+        # Leased jobs (a few per worker): when the next lease runs out.
+        "CREATE INDEX jobs_leased ON jobs (lease_expires_at) WHERE lease_expires_at IS NOT NULL",
+    ),
 )

@@ -1,0 +1,88 @@
+"""The queries the claim loop runs on every pass stay on their indexes, however long the queue.
+
+A claim, and the runner's "is anything left, and when is the next one due?", must read a few rows
+in queue order and stop: a sort of every due row, or a scan of the table, would make a worker with
+100,000 queued jobs slower for every job it runs. Checked on each backend's own plan for a queue
+large enough that its planner would rather scan if the index could not serve.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from worker.store import open_store
+from worker.store import postgres_store as pg
+from worker.store import sqlite as lite
+from worker.store.base import Phase
+
+QUEUED = 20_000
+
+
+async def test_sqlite_claims_and_the_next_due_moment_read_an_index_in_queue_order(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'plans.db'}"
+    await (await open_store(url)).close()  # the schema, migrated
+    with sqlite3.connect(tmp_path / "plans.db") as db:
+        db.executemany(
+            """INSERT INTO jobs (key, provider, upstream_id, state, submitted_at, updated_at, due_at)
+               VALUES (?, 'cloudlayer', ?, ?, ?, ?, ?)""",
+            (
+                (f"cloudlayer:j{i}", f"j{i}", ("queued", "polling", "downloading", "done")[i % 4], i, i, i)
+                for i in range(QUEUED)
+            ),
+        )
+        db.execute("ANALYZE")
+        queries: list[tuple[str, tuple[Any, ...]]] = [
+            *((lite._SELECT_DUE[phase], (1e9, 1e9, 32)) for phase in Phase),
+            *((lite._NEXT_UNLEASED[phase], ()) for phase in Phase),
+            (lite._NEXT_LEASE_END, ()),
+        ]
+        for sql, params in queries:
+            plan = " | ".join(row[3] for row in db.execute(f"EXPLAIN QUERY PLAN {sql}", params))
+            assert "TEMP B-TREE" not in plan, plan  # no sort
+            assert "USING INDEX jobs_" in plan or "USING COVERING INDEX jobs_" in plan, plan
+
+
+@pytest.fixture
+async def big_queue(pg_url: str) -> str:
+    await (await open_store(pg_url)).close()
+    conn = await asyncpg.connect(pg_url)
+    try:
+        await conn.execute(
+            """INSERT INTO asset_worker.jobs
+                   (key, provider, upstream_id, state, submitted_at, updated_at, due_at)
+               SELECT 'cloudlayer:j' || i, 'cloudlayer', 'j' || i,
+                      (ARRAY['queued', 'polling', 'downloading', 'done'])[i % 4 + 1], i, i, i
+               FROM generate_series(1, $1) AS i""",
+            QUEUED,
+        )
+        await conn.execute("ANALYZE asset_worker.jobs")
+    finally:
+        await conn.close()
+    return pg_url
+
+
+def _nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    return [plan, *(node for child in plan.get("Plans", []) for node in _nodes(child))]
+
+
+async def test_postgres_claims_and_the_next_due_moment_read_an_index_in_queue_order(big_queue: str) -> None:
+    conn = await asyncpg.connect(big_queue)
+    try:
+        queries: list[tuple[str, tuple[Any, ...]]] = [
+            *((pg._CLAIM[phase], (1e9, 32, "owner", 1e9 + 30)) for phase in Phase),
+            (pg._NEXT_CLAIMABLE, ()),
+        ]
+        for sql, params in queries:
+            (document,) = json.loads(await conn.fetchval(f"EXPLAIN (FORMAT JSON) {sql}", *params))
+            nodes = _nodes(document["Plan"])
+            kinds = [node["Node Type"] for node in nodes]
+            assert "Sort" not in kinds and "Seq Scan" not in kinds, kinds
+            assert {node.get("Index Name") for node in nodes} & {"jobs_poll_due", "jobs_transfer_due"}, kinds
+    finally:
+        await conn.close()

@@ -398,9 +398,9 @@ async def test_locked_store_is_waited_out(
     import sqlite3
     import threading
 
-    import worker.store.sqlite as sqlite_store
+    import worker.store.sqlite_conn as sqlite_conn
 
-    monkeypatch.setattr(sqlite_store, "BUSY_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(sqlite_conn, "BUSY_TIMEOUT_S", 0.2)
     sim_job = sim.add_cloudlayer_job(id="locked", pending_s=0.3)
     settings = make_settings()
     release = threading.Event()

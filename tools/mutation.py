@@ -2,7 +2,7 @@
 
 Usage (from the repository root, after ``pip install -e '.[test]'``)::
 
-    .venv/bin/python tools/mutation.py                 # every guarded module (about half an hour)
+    .venv/bin/python tools/mutation.py                 # every guarded module (about 40 minutes on 2 cores)
     .venv/bin/python tools/mutation.py transfer digest # some of them
     .venv/bin/python tools/mutation.py --sample 12     # a seeded sample per module (what CI runs)
 

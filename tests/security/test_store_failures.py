@@ -289,9 +289,9 @@ async def test_a_write_error_while_a_download_runs_ends_the_run_at_the_next_rene
 # within a test of a few seconds.
 SHORT_BUSY_TIMEOUT = (
     "import sys\n"
-    "import worker.store.sqlite\n"
+    "import worker.store.sqlite_conn\n"
     "from worker.cli import main\n"
-    "worker.store.sqlite.BUSY_TIMEOUT_S = 0.2\n"
+    "worker.store.sqlite_conn.BUSY_TIMEOUT_S = 0.2\n"
     "raise SystemExit(main(sys.argv[1:]))\n"
 )
 

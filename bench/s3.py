@@ -17,7 +17,7 @@ a 64 KiB asset (both HTTP clients opened, one PutObject, no part buffer of conse
 Each committed object is checked (the sha256 the transfer returns, and HEAD: size and ``sha256``
 metadata) against the simulator's content, then deleted. Exit status 0 if every copy was right, 1 if
 any failed, 2 if the benchmark could not run, 130 after Ctrl-C or SIGTERM; SeaweedFS, the simulator
-and every child are stopped in every case. Helpers come from ``bench/transfer.py`` (same directory).
+and every child are stopped in every case. Helpers come from ``bench/common.py`` (same directory).
 """
 
 from __future__ import annotations
@@ -41,16 +41,16 @@ from typing import Any, Final
 import aiobotocore.session
 import botocore.session
 from botocore.config import Config
-from transfer import (
+from common import (
     MIB,
     BenchError,
     Children,
     Simulator,
-    _terminate,
     find_gnu_time,
     human,
     parse_bytes,
     start_simulator,
+    terminate,
 )
 
 from tests.s3server import S3Server, run_seaweedfs
@@ -464,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0  # the imports above are the whole point: the child's RSS before any transfer
     if args.child:
         return child_main(args.child, args.size, Target(*args.target), args.child_config)
-    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGTERM, terminate)
     try:
         return run_bench(args.size_list, args.runs, args.config_list)
     except KeyboardInterrupt:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import dataclasses
 import datetime
 import hashlib
@@ -31,18 +30,25 @@ import resource
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
-import urllib.request
 from pathlib import Path
-from types import FrameType
-from typing import IO, Any, Final
+from typing import Any, Final
 
 import aiofiles
 import aiohttp
+from common import (
+    MIB,
+    BenchError,
+    Children,
+    find_gnu_time,
+    human,
+    measure,
+    parse_bytes,
+    start_simulator,
+    terminate,
+)
 
 from worker.config import HttpSettings
 from worker.egress import EgressPolicy
@@ -53,38 +59,14 @@ from worker.sinks.file import FileSink
 from worker.transfer import TransferOptions, fetch_to_sink
 
 KINDS: Final = ("curl", "naive", "worker")
-API_KEY: Final = "cl-sim-key"
 NAIVE_CHUNK: Final = 1 << 20
-MIB: Final = 1 << 20
 CEILING_BYTES: Final = 256 * MIB
-_UNITS: Final = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 # A child slower than this is hung, not slow: every contender here moves well over 50 MB/s.
 _MIN_RATE_B_S: Final = 10e6
 _CURL_SCRIPT: Final = 'set -o pipefail; curl -sS --fail "$1" | tee "$2" | sha256sum'
 
 # The servers measured here listen on loopback, which the egress policy refuses unless allowed.
 LOOPBACK_SERVERS = EgressPolicy([ipaddress.ip_network("127.0.0.0/8")])
-
-
-class BenchError(Exception):
-    """The benchmark itself could not run (simulator, control API); not a contender's failure."""
-
-
-def parse_bytes(text: str) -> int:
-    """``256M`` -> 268435456: binary units K, M, G (``MiB``, ``MB`` read the same), or plain bytes."""
-    number = text.strip().upper().removesuffix("IB").removesuffix("B")
-    unit = number[-1] if number[-1:] in ("K", "M", "G") else ""
-    number = number.removesuffix(unit)
-    if not number.isdigit() or int(number) <= 0:
-        raise argparse.ArgumentTypeError(f"not a positive size: {text!r} (try 256M or 1G)")
-    return int(number) * _UNITS[unit]
-
-
-def human(size: int) -> str:
-    for unit, factor in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if size % factor == 0:
-            return f"{size // factor} {unit}"
-    return f"{size} B"
 
 
 # --- child mode: one download, one JSON line on stdout ----------------------------------------------
@@ -167,133 +149,6 @@ def ceiling_main() -> int:
     return 0
 
 
-# --- parent: processes -------------------------------------------------------------------------------
-
-
-class Children:
-    """Every subprocess of this run, each in its own process group, stopped on exit.
-
-    Own sessions keep a terminal's Ctrl-C away from the children: only the parent gets it and stops
-    them, instead of each dying with its own traceback. Killing the group also reaches the curl
-    pipeline (and whatever ``time`` runs), not only its first process.
-    """
-
-    def __init__(self) -> None:
-        self._live: dict[int, subprocess.Popen[bytes]] = {}
-        self._lock = threading.Lock()
-
-    def spawn(self, argv: list[str], *, stdout: int | None) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(argv, stdout=stdout, start_new_session=True)
-        with self._lock:
-            self._live[proc.pid] = proc
-        return proc
-
-    def reap(self, proc: subprocess.Popen[bytes]) -> tuple[int, resource.struct_rusage]:
-        """Wait for ``proc``; return its exit code and rusage (``wait4``, so nothing else reaps it)."""
-        _, status, usage = os.wait4(proc.pid, 0)
-        with self._lock:
-            proc.returncode = os.waitstatus_to_exitcode(status)
-            self._live.pop(proc.pid, None)
-        return proc.returncode, usage
-
-    def kill(self, proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
-        with self._lock:
-            if proc.returncode is None:  # not reaped yet, so the group id is still ours
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, sig)
-
-    def output(self, argv: list[str], timeout_s: float) -> tuple[str, int, resource.struct_rusage]:
-        """Run ``argv`` to the end under a watchdog; return (stdout, exit code, rusage)."""
-        proc = self.spawn(argv, stdout=subprocess.PIPE)
-        assert proc.stdout is not None
-        watchdog = threading.Timer(timeout_s, self.kill, (proc,))
-        watchdog.start()
-        try:
-            with proc.stdout:
-                out = proc.stdout.read().decode(errors="replace")
-            code, usage = self.reap(proc)
-        finally:
-            watchdog.cancel()
-        return out, code, usage
-
-    def stop_all(self, grace_s: float = 5.0) -> None:
-        with self._lock:
-            procs = list(self._live.values())
-        for proc in procs:
-            self.kill(proc, signal.SIGTERM)
-        deadline = time.monotonic() + grace_s
-        for proc in procs:
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                self.kill(proc)
-                proc.wait()
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Simulator:
-    url: str
-
-    def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-        request = urllib.request.Request(  # noqa: S310 - our own simulator's http URL on loopback
-            self.url + path,
-            data=None if body is None else json.dumps(body).encode(),
-            method=method,
-            headers={"X-API-Key": API_KEY, "Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=30) as resp:  # noqa: S310 - as above
-            answer: dict[str, Any] = json.load(resp)
-        return answer
-
-    def asset(self, size: int) -> tuple[str, int]:
-        """A finished job of ``size`` bytes: (download URL, content seed)."""
-        spec = {"id": f"bench-{size}", "size": size, "pending_s": 0}
-        job = self.call("POST", "/_sim/cloudlayer/jobs", spec)
-        status = self.call("GET", f"/v2/jobs/{job['id']}")
-        if "assetUrl" not in status:
-            raise BenchError(f"simulator job {job['id']} has no assetUrl: {status}")
-        return str(status["assetUrl"]), int(job["seed"])
-
-
-def _drain(stream: IO[bytes]) -> None:
-    while stream.read(1 << 16):
-        pass
-
-
-def start_simulator(children: Children) -> Simulator:
-    proc = children.spawn([sys.executable, "-m", "worker.simulator", "--port", "0"], stdout=subprocess.PIPE)
-    assert proc.stdout is not None
-    watchdog = threading.Timer(30.0, children.kill, (proc,))
-    watchdog.start()
-    try:
-        first = proc.stdout.readline().decode().strip()
-    finally:
-        watchdog.cancel()
-    prefix = "simulator listening on "
-    if not first.startswith(prefix):
-        raise BenchError(f"simulator did not start (first line: {first!r})")
-    # Keep reading its stdout: a full pipe would stall the simulator mid-benchmark.
-    threading.Thread(target=_drain, args=(proc.stdout,), daemon=True).start()
-    return Simulator(first.removeprefix(prefix))
-
-
-def find_gnu_time(children: Children) -> str | None:
-    """GNU time, if it works here: the one way to get a child's own peak RSS.
-
-    ``wait4``'s ``ru_maxrss`` for a direct child includes the RSS of this parent at fork time (Linux
-    carries the old address space's high-water mark across exec), so it overstates a 10 MiB curl as
-    a 40+ MiB one. A child of the 1 MiB ``time`` process starts clean.
-    """
-    path = shutil.which("time")
-    if path is None:
-        return None
-    with tempfile.TemporaryDirectory(prefix="bench-time-", dir="/tmp") as workdir:
-        usage_file = Path(workdir) / "usage"
-        _, code, _ = children.output([path, "-f", "%M", "-o", str(usage_file), "true"], 10.0)
-        ok = code == 0 and usage_file.exists() and usage_file.read_text().strip().isdigit()
-    return path if ok else None
-
-
 # --- parent: samples ---------------------------------------------------------------------------------
 
 
@@ -338,23 +193,20 @@ class Contest:
         """One download by ``kind`` into a fresh temp dir under /tmp, judged against the expectation."""
         workdir = Path(tempfile.mkdtemp(prefix="bench-transfer-", dir="/tmp"))
         try:
-            file, usage_file = workdir / f"{kind}.bin", workdir / "usage"
+            file = workdir / f"{kind}.bin"
             argv = _child_argv(kind, self.url, file, self.size, self.chunk)
-            if self.gnu_time is not None:
-                argv = [self.gnu_time, "-f", "%M %U %S", "-o", str(usage_file), *argv]
-            start = time.perf_counter()
-            out, code, usage = self.children.output(argv, max(60.0, self.size / _MIN_RATE_B_S))
-            wall = time.perf_counter() - start
-            rss_kib, cpu = float(usage.ru_maxrss), usage.ru_utime + usage.ru_stime
-            if self.gnu_time is not None and usage_file.exists():
-                # GNU time writes "Command exited with non-zero status N" above the figures.
-                rss_text, user, system = usage_file.read_text().strip().splitlines()[-1].split()
-                rss_kib, cpu = float(rss_text), float(user) + float(system)
+            done = measure(self.children, self.gnu_time, argv, max(60.0, self.size / _MIN_RATE_B_S))
             on_disk = file.stat().st_size if file.exists() else -1
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
-        base = Sample(kind=kind, seconds=wall, wall_s=wall, cpu_s=cpu, peak_rss_mib=rss_kib / 1024)
-        return self._judge(base, out, code, on_disk)
+        base = Sample(
+            kind=kind,
+            seconds=done.wall_s,
+            wall_s=done.wall_s,
+            cpu_s=done.cpu_s,
+            peak_rss_mib=done.peak_rss_mib,
+        )
+        return self._judge(base, done.out, done.code, on_disk)
 
     def _judge(self, base: Sample, out: str, code: int, on_disk: int) -> Sample:
         last = (out.strip().splitlines() or [""])[-1]
@@ -533,11 +385,6 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _terminate(signum: int, _frame: FrameType | None) -> None:
-    # SIGTERM unwinds like Ctrl-C, so the finally blocks stop the simulator and every child.
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     if args.baseline:
@@ -547,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         kind, url, file = args.child
         return child_main(kind, url, Path(file), args.size, args.chunk)
-    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGTERM, terminate)
     try:
         return run_bench(args.size_list, args.runs, args.chunk)
     except KeyboardInterrupt:

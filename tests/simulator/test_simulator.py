@@ -175,6 +175,31 @@ async def test_full_job_shape_has_optional_fields(sim: Simulator, http: aiohttp.
     assert len(preview) == 4096
 
 
+async def test_a_job_with_an_external_asset_url_publishes_it_and_hosts_no_asset(
+    sim: Simulator, http: aiohttp.ClientSession
+) -> None:
+    """asset_url: the job and the asset endpoint publish that URL and the given size; the simulator's file
+    host has no asset for it (only its preview), and the creation answer names the URL instead of a seed."""
+    external = "http://127.0.0.1:9/f/big.bin?v=1"
+    spec = {"id": "ext", "asset_id": "big", "asset_url": external, "size": 123_456, "pending_s": 0}
+    async with http.post(f"{sim.url}/_sim/cloudlayer/jobs", json=spec) as r:
+        assert (r.status, await r.json()) == (
+            201,
+            {"id": "ext", "asset_id": "big", "asset_url": external, "size": 123_456, "ext": "pdf"},
+        )
+    _, body = await get_json(http, f"{sim.url}/v2/jobs/ext")
+    assert (body["status"], body["assetId"], body["assetUrl"], body["size"]) == (
+        "success",
+        "big",
+        external,
+        123_456,
+    )
+    _, asset = await get_json(http, f"{sim.url}/v2/assets/big")
+    assert (asset["url"], asset["size"]) == (external, 123_456)
+    assert (await download(http, f"{sim.url}/files/big.pdf"))[0] == 404
+    assert (await download(http, body["previewUrl"]))[0] == 200
+
+
 async def test_unknown_ids_are_404(sim: Simulator, http: aiohttp.ClientSession) -> None:
     """Unknown job or asset ids get cloudlayer's 404 body on both API versions."""
     for path in ("/v1/jobs/nope", "/v2/jobs/nope", "/v2/assets/nope"):
@@ -269,6 +294,13 @@ async def test_control_api_creates_jobs_and_faults_and_resets(
         ("/_sim/cloudlayer/jobs", b'{"pending": 1}', 400),
         ("/_sim/cloudlayer/jobs", b'{"id": ".."}', 400),
         ("/_sim/cloudlayer/jobs", b'{"id": "taken"}', 409),
+        ("/_sim/cloudlayer/jobs", b'{"asset_url": "ftp://127.0.0.1/x.bin"}', 400),
+        ("/_sim/cloudlayer/jobs", b'{"asset_url": "/f/x.bin"}', 400),
+        ("/_sim/cloudlayer/jobs", b'{"asset_url": "http:///f/x.bin"}', 400),
+        ("/_sim/cloudlayer/jobs", b'{"asset_url": "http://127.0.0.1:99999/x.bin"}', 400),
+        ("/_sim/cloudlayer/jobs", b'{"asset_url": "http://127.0.0.1/a b.bin"}', 400),
+        ("/_sim/cloudlayer/jobs", b'{"asset_url": 7}', 400),
+        ("/_sim/cloudlayer/jobs", b'{"asset_url": "http://127.0.0.1/x.bin", "seed": 1}', 400),
         ("/_sim/faults", b'{"kind": "explode"}', 400),
         ("/_sim/faults", b"null", 400),
     ],

@@ -3,6 +3,8 @@
 A job's status is a function of the state clock: pending until ``created_at + pending_s`` (forever when
 ``pending_s`` is None), then its outcome. Every variation the contract says the worker must accept (status
 aliases, timestamp shapes, missing optional fields, asset via the asset endpoint) is a switch on the job.
+A job may also name an ``asset_url`` of its own: its asset then lives on another file host (a benchmark's
+nginx), and the job publishes that URL and the given size instead of a simulator-hosted file.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from worker.simulator.filestore import CONTENT_TYPES
 from worker.simulator.specs import SpecConflict, SpecError, SpecReader
@@ -59,6 +61,7 @@ class SimJob:
     url_ttl_s: float | None
     created_at: float
     job_type: str
+    asset_url: str | None = None  # an external file host's URL; None: the simulator hosts the asset
 
     @property
     def file_name(self) -> str:
@@ -85,6 +88,10 @@ class SimJob:
         """MIME type the file host serves the asset with."""
         return CONTENT_TYPES[self.ext]
 
+    def asset_link(self, mint: UrlMinter) -> str:
+        """The URL the API publishes for the asset: the external one as given, else a freshly minted one."""
+        return self.asset_url if self.asset_url is not None else mint(self.file_name, self.url_ttl_s)
+
     def outcome_at(self, now: float) -> str:
         """The semantic state at ``now`` ("pending", "success" or "error"), before any status styling."""
         finished = self.finished_at
@@ -105,6 +112,34 @@ def _check_id(value: str, field: str) -> str:
     return value
 
 
+# Longer than any URL a real file host would hand out, short enough that a mistake is caught as one.
+_MAX_ASSET_URL_CHARS = 8192
+
+
+def _asset_url_problem(value: str) -> str | None:
+    """What an external asset URL must be and is not, or None when it is fine."""
+    if len(value) > _MAX_ASSET_URL_CHARS:
+        return f"at most {_MAX_ASSET_URL_CHARS} characters"
+    if any(c.isspace() or not c.isprintable() for c in value):
+        return "free of whitespace and control characters"
+    parts = urlsplit(value)
+    try:
+        _ = parts.port  # raises ValueError for a port that is not a number in range
+    except ValueError:
+        return "a URL with a valid port"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "an absolute http(s) URL with a host"
+    return None
+
+
+def _check_asset_url(value: str | None) -> str | None:
+    """The external asset URL, checked at creation: a typo answers 400 here rather than surfacing later as
+    a download failure that looks like the worker's fault."""
+    if value is not None and (problem := _asset_url_problem(value)) is not None:
+        raise SpecError(f"cloudlayer job: 'asset_url' must be {problem}, got {value!r}")
+    return value
+
+
 def parse_job_spec(
     raw: Mapping[str, object], *, now: float, rng: random.Random, job_type: str | None = None
 ) -> SimJob:
@@ -113,6 +148,10 @@ def parse_job_spec(
     job_id = _check_id(reader.text("id", f"job_{rng.getrandbits(64):016x}"), "id")
     asset_id = _check_id(reader.text("asset_id", f"asset_{rng.getrandbits(64):016x}"), "asset_id")
     ext = reader.choice("ext", tuple(CONTENT_TYPES), "pdf")
+    asset_url = _check_asset_url(reader.opt_text("asset_url"))
+    if asset_url is not None and reader.has("seed"):
+        # The bytes are the other host's: a seed would promise content the simulator cannot vouch for.
+        raise SpecError("cloudlayer job: 'seed' has no meaning with 'asset_url'")
     job = SimJob(
         id=job_id,
         asset_id=asset_id,
@@ -130,6 +169,7 @@ def parse_job_spec(
         url_ttl_s=reader.opt_number("url_ttl_s", None),
         created_at=now,
         job_type=job_type or ("html-pdf" if ext == "pdf" else "url-image"),
+        asset_url=asset_url,
     )
     reader.finish()
     return job
@@ -225,7 +265,7 @@ def job_json(job: SimJob, now: float, mint: UrlMinter) -> dict[str, object]:
             body["size"] = job.size
         body["assetId"] = job.asset_id
         if job.asset_via == "job":
-            body["assetUrl"] = mint(job.file_name, job.url_ttl_s)
+            body["assetUrl"] = job.asset_link(mint)
         body["previewUrl"] = mint(job.preview_name, job.url_ttl_s)
         body.update(_costs(job))
     elif outcome == "error":
@@ -245,7 +285,7 @@ def asset_json(job: SimJob, mint: UrlMinter) -> dict[str, object]:
         "ext": job.ext,
         "type": "application/pdf" if job.ext == "pdf" else "image",
         "size": job.size if job.publish_size else None,
-        "url": mint(job.file_name, job.url_ttl_s),
+        "url": job.asset_link(mint),
         "previewUrl": mint(job.preview_name, job.url_ttl_s),
         "previewExt": "png",
         "timestamp": format_timestamp(job.timestamp_style, finished),

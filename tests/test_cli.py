@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -157,3 +159,15 @@ async def test_status_json_of_every_job_is_written_page_by_page(
     finally:
         await store.close()
     assert capsys.readouterr().out == json.dumps([job_to_json(j) for j in everything], indent=2) + "\n"
+
+
+def test_commands_that_do_not_run_the_worker_do_not_load_its_machinery() -> None:
+    """`--help`, `status` and `submit` start fast: the CLI and settings load no HTTP library, S3 client,
+    PostgreSQL driver or metrics; `run` loads them when it starts the worker."""
+    heavy = ("aiohttp", "aiobotocore", "asyncpg", "prometheus_client")
+    probe = (
+        "import sys, worker.cli as c; c.build_parser(); c.from_env({}); "
+        f"print(sorted(m for m in {heavy!r} if m in sys.modules))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"

@@ -32,7 +32,7 @@ from worker.envvars import (
 )
 from worker.errors import ConfigError
 from worker.http.binding import normal_listen
-from worker.httpclient import HttpSettings
+from worker.httpbase import HttpSettings
 from worker.naming import DEFAULT_TEMPLATE, validate_template
 from worker.providers import PROVIDERS
 from worker.providers.base import SHARED_SCHEDULE_VARIABLES, ProviderConfig, load_schedule

@@ -22,28 +22,18 @@ import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
 from worker.errors import UpstreamRejected, UpstreamUnavailable, describe, strip_query
-from worker.jsonbody import ACCEPT_ENCODING, BodyRefused, BoundedBody, parse_json, try_parse_json
+
+# Re-exported: the settings and the plain error reader live where no HTTP library is needed.
+from worker.httpbase import ErrorReader as ErrorReader
+from worker.httpbase import HttpSettings as HttpSettings
+from worker.httpbase import default_error_reader as default_error_reader
+from worker.jsonbody import ACCEPT_ENCODING, BodyRefused, BoundedBody, parse_json
 from worker.lease import Sleep, current_progress, deliberate_sleep
 from worker.policy import Backoff, is_retryable_status, parse_retry_after
 from worker.ratelimit import RateLimiter
 
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class HttpSettings:
-    """Request-level behaviour shared by every upstream call."""
-
-    request_attempts: int = 5
-    backoff_initial_s: float = 0.5
-    backoff_max_s: float = 30.0
-    retry_after_max_s: float = 120.0
-    connect_timeout_s: float = 10.0
-    read_timeout_s: float = 60.0
-
-
 log = structlog.get_logger("worker.http")
 
-# (status, body bytes) -> (code, message): how a vendor spells its errors.
-ErrorReader = Callable[[int, bytes], tuple[str, str]]
 # Called once per retry with (reason, delay); metrics hook in here.
 RetryObserver = Callable[[str, float], None]
 
@@ -87,15 +77,6 @@ class JsonResponse:
     body: Any  # parsed JSON, or None for 304
     headers: Mapping[str, str]
 
-
-def default_error_reader(status: int, body: bytes) -> tuple[str, str]:
-    """Codes for a plain HTTP API: the status's meaning, and the body's ``message`` if any."""
-    code = {401: "unauthenticated", 403: "forbidden", 404: "not_found"}.get(status, "upstream_rejected")
-    message = body[:500].decode("utf-8", "replace").strip()
-    parsed = try_parse_json(body)
-    if isinstance(parsed, dict) and isinstance(parsed.get("message"), str):
-        message = parsed["message"]
-    return code, message or f"HTTP {status}"
 
 
 class HttpClient:

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from worker.envvars import PREFIX, Var, multiplier, positive_float, section
 from worker.errors import ConfigError
-from worker.httpclient import HttpClient
 from worker.models import AssetRef, Job, PollOutcome
 from worker.policy import Backoff
+
+if TYPE_CHECKING:  # the client (aiohttp) is loaded only by a worker that builds providers
+    from worker.httpclient import HttpClient
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -9,16 +9,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import structlog
 
 from worker.envvars import Var, choice, http_url, optional_text, section
 from worker.errors import UpstreamRejected
-from worker.httpclient import HttpClient, default_error_reader
+from worker.httpbase import default_error_reader
 from worker.models import AssetRef, Failed, Job, Pending, PollOutcome, Ready
 from worker.providers.base import ProviderContext, ProviderSpec, Schedule
+
+if TYPE_CHECKING:  # the client (aiohttp) is loaded only by a worker that builds providers
+    from worker.httpclient import HttpClient
 
 log = structlog.get_logger("worker.providers.cloudlayer")
 

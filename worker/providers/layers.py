@@ -18,19 +18,22 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import quote
 
 import structlog
 
 from worker.envvars import PREFIX, Var, http_url, optional_text, positive_float, section
 from worker.errors import AssetSetChanged, InvalidJob, UpstreamRejected
-from worker.httpclient import HttpClient, default_error_reader
+from worker.httpbase import default_error_reader
 from worker.jsonbody import try_parse_json
 from worker.models import AssetRef, Failed, Job, Pending, PollOutcome, Ready
 from worker.naming import choose_ext
 from worker.providers.base import ProviderContext, ProviderSpec, Schedule
 from worker.ratelimit import RateLimiter
+
+if TYPE_CHECKING:  # the client (aiohttp) is loaded only by a worker that builds providers
+    from worker.httpclient import HttpClient
 
 log = structlog.get_logger("worker.providers.layers")
 

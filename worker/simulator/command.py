@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from worker.simulator.state import DEFAULT_CLOUDLAYER_KEY, DEFAULT_LAYERS_KEY
+from worker.simulator.defaults import DEFAULT_CLOUDLAYER_KEY, DEFAULT_LAYERS_KEY
 
 
 def add_arguments(parser: argparse.ArgumentParser, *, port: int, layers_port: int) -> None:

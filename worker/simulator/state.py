@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from worker.simulator.cloudlayer_jobs import PREVIEW_SIZE, CloudlayerBook, SimJob, parse_job_spec
+from worker.simulator.defaults import DEFAULT_CLOUDLAYER_KEY, DEFAULT_LAYERS_KEY, DEFAULT_LAYERS_SCOPES
 from worker.simulator.faults import FaultBook
 from worker.simulator.filestore import FileEntry, FileStore
 from worker.simulator.layers_book import LayersBook
@@ -34,9 +35,6 @@ __all__ = [
 ]
 
 Clock = Callable[[], float]
-DEFAULT_CLOUDLAYER_KEY = "cl-sim-key"
-DEFAULT_LAYERS_KEY = "lp_sim_key"
-DEFAULT_LAYERS_SCOPES = frozenset({"content:read", "jobs:read"})
 
 
 def _default_keys() -> set[str]:

@@ -14,6 +14,7 @@ import glob
 import os
 import re
 import secrets
+import stat
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -60,21 +61,26 @@ def translate_os_error(exc: OSError, key: str) -> StorageError:
 
 
 class FileUpload:
-    """One asset being written to a temp file; see the module docstring."""
+    """One asset being written to a temp file; see the module docstring.
+
+    ``file`` is the temp file, open for binary writing; its writes go through aiofiles, its
+    publication (flush, fsync, close, rename, directory fsync) is one hand-off to a thread.
+    """
 
     def __init__(
         self,
         key: str,
         final: Path,
         temp: Path,
-        handle: Any,
+        file: Any,
         space: SpaceBook,
         fsync: Callable[[int], None] = os.fsync,
     ) -> None:
         self.key = key
         self._final = final
         self._temp = temp
-        self._handle = handle
+        self._file = file
+        self._handle = aiofiles.threadpool.wrap(file)
         self._space = space
         self._fsync = fsync
         self._closed = False
@@ -95,12 +101,11 @@ class FileUpload:
             raise translate_os_error(exc, self.key) from exc
 
     async def commit(self, *, size: int, sha256: str) -> Committed:
+        self._space.release(self)
+        self._closed = True
         try:
-            await self._handle.flush()
-            # fsync before the rename: otherwise a crash can leave a renamed but empty file.
-            await asyncio.to_thread(self._fsync, self._handle.fileno())
-            await self._close()
-            await asyncio.to_thread(_replace_durably, self._temp, self._final, self._fsync)
+            # One hand-off to the file thread for the whole publication.
+            await asyncio.to_thread(_publish, self._file, self._temp, self._final, self._fsync)
         except OSError as exc:
             raise translate_os_error(exc, self.key) from exc
         self._committed = True
@@ -148,6 +153,17 @@ class SpaceBook:
         self._outstanding.pop(upload, None)
 
 
+def _publish(file: Any, temp: Path, final: Path, fsync: Callable[[int], None]) -> None:
+    """Flush, fsync and close the temp file, then rename it durably over ``final``."""
+    try:
+        file.flush()
+        # fsync before the rename: otherwise a crash can leave a renamed but empty file.
+        fsync(file.fileno())
+    finally:
+        file.close()
+    _replace_durably(temp, final, fsync)
+
+
 def _replace_durably(temp: Path, final: Path, fsync: Callable[[int], None]) -> None:
     os.replace(temp, final)
     # The rename is durable only once the directory entry is on disk.
@@ -192,14 +208,11 @@ class FileSink:
         final = self._final_path(key)
         temp = final.with_name(f".{final.name}.{secrets.token_hex(_TEMP_TOKEN_HEX // 2)}{TEMP_SUFFIX}")
         try:
-            await asyncio.to_thread(self._prepare_dir, final)
-            if expected_size is not None:
-                # Before a byte is fetched: a download that cannot fit would only fill the disk.
-                await asyncio.to_thread(self._check_room, key, final.parent, expected_size)
-            handle = await aiofiles.open(temp, "xb")
+            # One hand-off to a thread for everything before the first byte.
+            raw = await asyncio.to_thread(self._start, key, final, temp, expected_size)
         except OSError as exc:
             raise translate_os_error(exc, key) from exc
-        upload = FileUpload(key, final, temp, handle, self._space, self._fsync)
+        upload = FileUpload(key, final, temp, raw, self._space, self._fsync)
         if expected_size is not None:
             self._space.reserve(upload, expected_size)
         return upload
@@ -227,16 +240,29 @@ class FileSink:
             raise StorageRejected(f"key {key!r} escapes the destination {self.root}", key=key)
         return final
 
+    def _start(self, key: str, final: Path, temp: Path, expected_size: int | None) -> Any:
+        """The directory made, room checked, the temp file created: an open binary file."""
+        self._prepare_dir(final)
+        if expected_size is not None:
+            # Before a byte is fetched: a download that cannot fit would only fill the disk.
+            self._check_room(key, final.parent, expected_size)
+        return open(temp, "xb")
+
     def _prepare_dir(self, final: Path) -> None:
+        parent = final.parent
+        if parent.is_dir():
+            self._check_inside(parent)
+            self._remove_orphaned_temps(final)
+            return
         # A symlinked directory inside the root could point elsewhere: check the deepest existing
-        # ancestor before creating anything, and the result after.
-        existing = final.parent
+        # ancestor before creating anything, and the result after. A directory created here holds
+        # no temp file of an earlier attempt, so there is nothing to sweep.
+        existing = parent
         while not existing.exists() and existing != self.root:
             existing = existing.parent
         self._check_inside(existing)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        self._check_inside(final.parent)
-        self._remove_orphaned_temps(final)
+        parent.mkdir(parents=True, exist_ok=True)
+        self._check_inside(parent)
 
     def _check_room(self, key: str, directory: Path, size: int) -> None:
         stats = os.statvfs(directory)
@@ -251,6 +277,17 @@ class FileSink:
             )
 
     def _check_inside(self, directory: Path) -> None:
+        """Refuse a directory that resolves outside the root. Its components below the root are
+        looked at one by one (an ``lstat`` each): with no symlink among them it is inside, and only
+        a symlink costs the full resolution."""
+        if directory != self.root and self.root in directory.parents:
+            current = self.root
+            for part in directory.relative_to(self.root).parts:
+                current = current / part
+                if stat.S_ISLNK(os.lstat(current).st_mode):
+                    break
+            else:
+                return
         real_root = os.path.realpath(self.root)
         if os.path.commonpath([real_root, os.path.realpath(directory)]) != real_root:
             raise PermissionError(errno.EACCES, "destination directory resolves outside the root")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import subprocess
 import sys
@@ -71,8 +72,18 @@ async def test_force_requeues_a_finished_job(sim: Simulator, cli_env: dict[str, 
         (["submit", "cloudlayer:ok", "ftp:x"], {}, "unknown provider"),
         # Each provider checks its own ids at submit: this one could never be polled.
         (["submit", "cloudlayer:ok", "layers:foo"], {}, "neither a generation job"),
-        (["status"], {"ASSET_WORKER_CONCURENCY": "2"}, "ASSET_WORKER_CONCURENCY"),
-        (["run"], {"ASSET_WORKER_POLL_INITIAL_S": "soon"}, "ASSET_WORKER_POLL_INITIAL_S"),
+        # A near miss is named with the variable meant, not a list of every variable.
+        (
+            ["status"],
+            {"ASSET_WORKER_CONCURENCY": "2"},
+            "ASSET_WORKER_CONCURENCY (did you mean ASSET_WORKER_CONCURRENCY?)",
+        ),
+        (["run"], {"ASSET_WORKER_POLL_INITIAL_S": "soon"}, "POLL_INITIAL_S='soon': must be a number"),
+        (["status"], {"ASSET_WORKER_CONCURRENCY": "abc"}, "CONCURRENCY='abc': must be a whole number"),
+        # A value given as a flag is named by its flag, wherever the flag stands.
+        (["--store", "mysql://x", "status"], {}, "--store 'mysql://x': unsupported store"),
+        (["status", "--store", "mysql://x"], {}, "--store 'mysql://x': unsupported store"),
+        (["run", "--dest", "ftp://x/y"], {}, "unsupported scheme 'ftp'"),
         # The job API would be open to the network: refused before anything starts.
         (["run"], {"ASSET_WORKER_LISTEN": "0.0.0.0:0"}, "ASSET_WORKER_API_TOKEN"),
         (["frobnicate"], {}, "invalid choice"),
@@ -86,6 +97,8 @@ async def test_usage_and_config_errors_exit_2(
     assert result.code == 2
     assert fragment in result.err
     assert "Traceback" not in result.err
+    # One line of ours (argparse puts its usage before its own).
+    assert len([line for line in result.err.splitlines() if line.startswith("asset-worker")]) == 1, result.err
     # Nothing was written for a rejected submit, not even the valid key before the bad one.
     assert (await status_json(cli_env)) == []
 
@@ -171,3 +184,23 @@ def test_commands_that_do_not_run_the_worker_do_not_load_its_machinery() -> None
     )
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert loaded.strip() == "[]"
+
+
+async def test_common_options_stand_before_or_after_the_command_and_version_prints(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """--store, --dest, --log-level and --log-format work on either side of the command name; the
+    one after it wins. --version prints the installed version."""
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    assert (await cli(cli_env, "submit", "cloudlayer:v1", "--store", other)).code == 0
+    after = await cli(cli_env, "status", "--json", "--store", other)
+    before = await cli(cli_env, "--store", other, "status", "--json")
+    both = await cli(cli_env, "--store", "mysql://nowhere", "status", "--json", "--store", other)
+    assert [j["key"] for j in json.loads(after.out)] == ["cloudlayer:v1"]
+    assert before.out == after.out == both.out
+    assert (await status_json(cli_env)) == []  # the default store was not touched
+    logged = await cli(cli_env, "submit", "cloudlayer:v2", "--log-format", "json", "--log-level", "info")
+    assert logged.code == 0 and json.loads(logged.err.splitlines()[-1])["event"] == "job_submitted"
+    shown = await cli(cli_env, "--version")
+    installed = importlib.metadata.version("asset-worker")
+    assert shown.code == 0 and shown.out.strip() == f"asset-worker {installed}"

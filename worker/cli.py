@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
+import importlib.metadata
 import json
 import signal
 import sys
@@ -44,20 +46,43 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
+def _common_options() -> _Parser:
+    """Options every command takes, before or after its name (``asset-worker --store X status`` and
+    ``asset-worker status --store X`` alike). Unset, they are absent, so neither place overrides the
+    other with a default."""
+    common = _Parser(add_help=False)
+    common.add_argument("--store", default=argparse.SUPPRESS, help="store URL (overrides ASSET_WORKER_STORE)")
+    common.add_argument(
+        "--dest", default=argparse.SUPPRESS, help="destination URL or path (overrides ASSET_WORKER_DEST)"
+    )
+    common.add_argument(
+        "--log-level", default=argparse.SUPPRESS, choices=["debug", "info", "warning", "error"]
+    )
+    common.add_argument("--log-format", default=argparse.SUPPRESS, choices=["auto", "json", "console"])
+    return common
+
+
+def version() -> str:
+    try:
+        return importlib.metadata.version("asset-worker")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
+    common = _common_options()
     parser = _Parser(
         prog="asset-worker",
         description="Poll asynchronous generation jobs, download every asset, verify it, store it.",
         epilog="Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error.",
+        parents=[common],
     )
-    parser.add_argument("--store", help="store URL (overrides ASSET_WORKER_STORE)")
-    parser.add_argument("--dest", help="destination URL or path (overrides ASSET_WORKER_DEST)")
-    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
-    parser.add_argument("--log-format", choices=["auto", "json", "console"])
+    parser.add_argument("--version", action="version", version=f"asset-worker {version()}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    add = functools.partial(commands.add_parser, parents=[common])
 
     examples = ", ".join(spec.key_example for spec in PROVIDERS.values())
-    submit = commands.add_parser("submit", help=f"queue jobs by key ({examples})")
+    submit = add("submit", help=f"queue jobs by key ({examples})")
     submit.add_argument("keys", nargs="*", metavar="KEY")
     submit.add_argument(
         "--from-file",
@@ -66,21 +91,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     submit.add_argument("--force", action="store_true", help="re-queue jobs that already finished")
 
-    run = commands.add_parser("run", help="work the queue until stopped (SIGTERM / Ctrl-C)")
+    run = add("run", help="work the queue until stopped (SIGTERM / Ctrl-C)")
     run.add_argument("--until-idle", action="store_true", help="exit 0 once no job is left unfinished")
     run.add_argument("--concurrency", type=int, help="transfers at once (ASSET_WORKER_CONCURRENCY)")
     run.add_argument(
         "--no-http", action="store_true", help="serve no HTTP (API, /healthz, /readyz, /metrics)"
     )
 
-    status = commands.add_parser("status", help="show jobs (all, or the keys given)")
+    status = add("status", help="show jobs (all, or the keys given)")
     status.add_argument("keys", nargs="*", metavar="KEY")
     status.add_argument("--json", action="store_true", help="print the status JSON array")
 
-    simulate = commands.add_parser("simulate", help="serve the simulated upstream APIs on loopback")
+    simulate = add("simulate", help="serve the simulated upstream APIs on loopback")
     simulator_command.add_arguments(simulate, port=8787, layers_port=8788)
 
-    demo = commands.add_parser("demo", help="run the worker end to end against the built-in simulator")
+    demo = add("demo", help="run the worker end to end against the built-in simulator")
     demo.add_argument("--dir", default="asset-worker-demo", help="where the demo keeps its store and files")
     demo.add_argument("--jobs", type=int, default=36, help="how many jobs to generate")
     return parser
@@ -91,11 +116,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = from_env(
             None,
-            store=args.store,
-            dest=args.dest,
+            store=getattr(args, "store", None),
+            dest=getattr(args, "dest", None),
             # The demo prints its own table; its logs stay quiet unless asked for.
-            log_level=args.log_level or ("warning" if args.command == "demo" else None),
-            log_format=args.log_format,
+            log_level=getattr(args, "log_level", None) or ("warning" if args.command == "demo" else None),
+            log_format=getattr(args, "log_format", None),
             concurrency=getattr(args, "concurrency", None),
         )
     except ConfigError as exc:

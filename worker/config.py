@@ -9,6 +9,7 @@ Command-line flags override the environment (the CLI passes them as ``overrides`
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import secrets
 import socket
@@ -29,6 +30,7 @@ from worker.envvars import (
     section,
     text,
     token,
+    whole_number,
 )
 from worker.errors import ConfigError
 from worker.http.binding import normal_listen
@@ -164,7 +166,7 @@ def default_worker_id() -> str:
 
 
 def _chunk(value: str) -> int:
-    parsed = int(value)
+    parsed = whole_number(value)
     if not 4096 <= parsed <= 64 << 20:
         raise ValueError("must be between 4096 and 67108864 bytes")
     return parsed
@@ -250,17 +252,20 @@ def from_env(environ: Mapping[str, str] | None = None, **overrides: Any) -> Sett
     unknown = sorted(k for k in env if k.startswith(PREFIX) and k not in known)
     if unknown:
         raise ConfigError(
-            f"unknown setting(s) {', '.join(unknown)}; known ASSET_WORKER_* variables: "
-            + ", ".join(sorted(known))
+            "; ".join(f"unknown setting {name}{_did_you_mean(name, known)}" for name in unknown)
+            + " (every variable is listed in docs/configuration.md)"
         )
+    # A value given on the command line is named by its flag when it is refused.
+    flags: dict[str, str] = {}
     for name, value in overrides.items():
         if value is not None:
             var = PREFIX + name.upper()
             if var not in known:
                 raise ConfigError(f"unknown override {name!r}")
             env[var] = str(value)
+            flags[var] = "--" + name.replace("_", "-")
 
-    top = section(env, _CORE)
+    top = section(env, _CORE, flags)
     http = HttpSettings(**section(env, _HTTP))
     if http.backoff_max_s < http.backoff_initial_s:
         raise ConfigError("ASSET_WORKER_RETRY_MAX_S must be >= ASSET_WORKER_RETRY_INITIAL_S")
@@ -269,16 +274,32 @@ def from_env(environ: Mapping[str, str] | None = None, **overrides: Any) -> Sett
         for name, spec in PROVIDERS.items()
     }
     dest_url = str(top.get("dest_url", DEFAULT_DEST))
-    store_for(str(top.get("store_url", DEFAULT_STORE)))
+    try:
+        store_for(str(top.get("store_url", DEFAULT_STORE)))
+        dest_settings = sink_for(dest_url).load(dest_url, env)
+    except ConfigError as exc:
+        raise ConfigError(_name_flags(exc.message, flags)) from None
     return Settings(
         **top,
         limits=LimitSettings(**section(env, _LIMITS)),
         extra_secrets=tuple(v for spec in SINKS.values() for v in spec.secrets(env) if v),
         http=http,
         providers=providers,
-        dest_settings=sink_for(dest_url).load(dest_url, env),
+        dest_settings=dest_settings,
         systemd=_systemd(env),
     )
+
+
+def _name_flags(message: str, flags: Mapping[str, str]) -> str:
+    """``message`` with each variable a command-line flag set named by that flag instead."""
+    for var, flag_name in flags.items():
+        message = message.replace(f"{var}=", f"{flag_name} ").replace(var, flag_name)
+    return message
+
+
+def _did_you_mean(name: str, known: frozenset[str]) -> str:
+    close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.8)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 def _systemd(env: Mapping[str, str]) -> SystemdSettings:

@@ -34,37 +34,56 @@ class Var:
     parse: Callable[[str], Any]
 
 
-def section(env: Mapping[str, str], variables: tuple[Var, ...]) -> dict[str, Any]:
-    """``{field: value}`` for the variables of ``variables`` that ``env`` sets; raises ``ConfigError``."""
+def section(
+    env: Mapping[str, str], variables: tuple[Var, ...], labels: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """``{field: value}`` for the variables of ``variables`` that ``env`` sets; raises ``ConfigError``
+    naming the variable, or what ``labels`` calls it (the command-line flag that set it)."""
     values: dict[str, Any] = {}
     for var in variables:
         if var.name in env:
             try:
                 values[var.field] = var.parse(env[var.name])
             except ValueError as exc:
-                raise ConfigError(f"{var.name}={env[var.name]!r}: {exc}") from exc
+                label = (labels or {}).get(var.name)
+                where = f"{label} {env[var.name]!r}" if label else f"{var.name}={env[var.name]!r}"
+                raise ConfigError(f"{where}: {exc}") from exc
     return values
 
 
 # -- parsers ----------------------------------------------------------------------------------
 
 
+def number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError("must be a number") from None
+
+
+def whole_number(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError("must be a whole number") from None
+
+
 def positive_float(text: str) -> float:
-    value = float(text)
+    value = number(text)
     if not math.isfinite(value) or value <= 0:
         raise ValueError("must be a positive number")
     return value
 
 
 def positive_int(text: str) -> int:
-    value = int(text)
+    value = whole_number(text)
     if value <= 0:
         raise ValueError("must be a positive whole number")
     return value
 
 
 def non_negative_int(text: str) -> int:
-    value = int(text)
+    value = whole_number(text)
     if value < 0:
         raise ValueError("must be a whole number >= 0")
     return value
@@ -78,7 +97,7 @@ def byte_count(text: str) -> int:
 
 
 def multiplier(text: str) -> float:
-    value = float(text)
+    value = number(text)
     if not math.isfinite(value) or value < 1:
         raise ValueError("must be a number >= 1")
     return value

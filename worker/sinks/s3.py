@@ -11,7 +11,17 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
-from worker.envvars import PREFIX, Var, choice, flag, positive_float, positive_int, section, text
+from worker.envvars import (
+    PREFIX,
+    Var,
+    choice,
+    flag,
+    positive_float,
+    positive_int,
+    section,
+    text,
+    whole_number,
+)
 from worker.sinks.base import JobDest, OpenedSink, SinkSpec, check_subpath, not_inside
 from worker.sinks.s3_settings import CHECKSUM_MODES, S3Settings, parse_s3_url
 
@@ -20,7 +30,7 @@ VARIABLES = (
     Var(f"{PREFIX}S3_REGION", "region", text),
     Var(f"{PREFIX}S3_PATH_STYLE", "path_style", flag),
     Var(f"{PREFIX}S3_STORAGE_CLASS", "storage_class", text),
-    Var(f"{PREFIX}S3_PART_SIZE_BYTES", "part_size_min_bytes", int),
+    Var(f"{PREFIX}S3_PART_SIZE_BYTES", "part_size_min_bytes", whole_number),
     Var(f"{PREFIX}S3_PARTS_IN_FLIGHT", "max_parts_in_flight", positive_int),
     Var(f"{PREFIX}S3_JANITOR_AGE_S", "janitor_age_s", positive_float),
     Var(f"{PREFIX}S3_OVERWRITE", "overwrite", flag),

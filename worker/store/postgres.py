@@ -16,7 +16,7 @@ def check(url: str) -> None:
     if not urlsplit(url).hostname and "host=" not in url:
         raise ConfigError(
             "ASSET_WORKER_STORE: a PostgreSQL URL needs a host, "
-            "e.g. postgresql://USER:PASSWORD@HOST:5432/DATABASE"
+            "e.g. postgresql://HOST:5432/DATABASE with the user and password before the host"
         )
 
 
@@ -30,7 +30,7 @@ async def _open(url: str, pool_size: int) -> Store:
 SPEC = StoreSpec(
     name="postgresql",
     schemes=("postgresql", "postgres"),
-    example="postgresql://USER:PASSWORD@HOST:5432/DATABASE",
+    example="postgresql://HOST:5432/DATABASE (user and password in the URL)",
     check=check,
     open=_open,
 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -204,3 +205,41 @@ async def test_common_options_stand_before_or_after_the_command_and_version_prin
     shown = await cli(cli_env, "--version")
     installed = importlib.metadata.version("asset-worker")
     assert shown.code == 0 and shown.out.strip() == f"asset-worker {installed}"
+
+
+async def test_a_run_with_failed_jobs_can_say_so_and_a_finished_job_resubmitted_is_named(
+    sim: Simulator, cli_env: dict[str, str]
+) -> None:
+    """run --until-idle exits 0 whatever the jobs' fates; with --fail-on-failed it exits 1 when one
+    of the jobs it finished failed. Submitting a finished job again prints its key, queues nothing
+    and says how to queue it again."""
+    sim.add_cloudlayer_job(id="ok-1", pending_s=0)
+    sim.add_cloudlayer_job(id="bad-1", pending_s=0, outcome="error", error_message="render failed")
+    assert (await cli(cli_env, "submit", "cloudlayer:ok-1", "cloudlayer:bad-1")).code == 0
+    strict = await cli(cli_env, "run", "--until-idle", "--no-http", "--fail-on-failed")
+    assert strict.code == 1 and "1 job(s) failed in this run" in strict.err
+    again = await cli(cli_env, "submit", "cloudlayer:bad-1")
+    assert again.code == 0 and again.out.split() == ["cloudlayer:bad-1"]
+    assert "cloudlayer:bad-1 is already failed; submit --force queues it again" in again.err
+    # Nothing left to do, nothing failed in this run: exit 0 even with the flag.
+    assert (await cli(cli_env, "run", "--until-idle", "--no-http", "--fail-on-failed")).code == 0
+    assert {j["key"]: j["state"] for j in await status_json(cli_env)} == {
+        "cloudlayer:ok-1": "done",
+        "cloudlayer:bad-1": "failed",
+    }
+
+
+async def test_a_port_in_use_or_a_demo_of_no_jobs_is_one_line(cli_env: dict[str, str]) -> None:
+    """The machine refusing (a port in use) is one line and exit 1; a demo of no jobs is refused."""
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        port = str(taken.getsockname()[1])
+        busy = await cli(cli_env, "simulate", "--port", port, "--layers-port", "0")
+    finally:
+        taken.close()
+    assert busy.code == 1 and "Traceback" not in busy.err
+    assert busy.err.count("\n") == 1 and "address already in use" in busy.err.lower()
+    empty = await cli(cli_env, "demo", "--jobs", "0")
+    assert empty.code == 2 and "must be at least 1" in empty.err and "Traceback" not in empty.err

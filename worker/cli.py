@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = add("run", help="work the queue until stopped (SIGTERM / Ctrl-C)")
     run.add_argument("--until-idle", action="store_true", help="exit 0 once no job is left unfinished")
+    run.add_argument(
+        "--fail-on-failed", action="store_true", help="exit 1 if any job this run finished has failed"
+    )
     run.add_argument("--concurrency", type=int, help="transfers at once (ASSET_WORKER_CONCURRENCY)")
     run.add_argument(
         "--no-http", action="store_true", help="serve no HTTP (API, /healthz, /readyz, /metrics)"
@@ -107,8 +110,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = add("demo", help="run the worker end to end against the built-in simulator")
     demo.add_argument("--dir", default="asset-worker-demo", help="where the demo keeps its store and files")
-    demo.add_argument("--jobs", type=int, default=36, help="how many jobs to generate")
+    demo.add_argument("--jobs", type=_at_least_one, default=36, help="how many jobs to generate")
     return parser
+
+
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -139,6 +152,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except WorkerError as exc:
         print(f"asset-worker: {exc.code}: {exc}", file=sys.stderr)
         return EXIT_FAILURE
+    except OSError as exc:
+        # The machine said no (a port in use, a directory that cannot be written): one line, as
+        # for every other error a user can fix, not a traceback.
+        print(f"asset-worker: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
     except KeyboardInterrupt:
         return 130
 
@@ -149,7 +167,12 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
             keys = [*args.keys, *(_keys_from(args.from_file) if args.from_file else ())]
             return await _submit(settings, keys, force=args.force)
         case "run":
-            return await _run(settings, until_idle=args.until_idle, http=not args.no_http)
+            return await _run(
+                settings,
+                until_idle=args.until_idle,
+                http=not args.no_http,
+                fail_on_failed=args.fail_on_failed,
+            )
         case "status":
             return await _status(settings, args.keys, as_json=args.json)
         case "simulate":
@@ -177,6 +200,13 @@ async def _submit(settings: Settings, raw_keys: Sequence[str], *, force: bool) -
                     "job_submitted", job=str(result.job.key), created=result.created, requeued=result.requeued
                 )
                 print(result.job.key)
+                if not result.created and not result.requeued and result.job.state.is_final:
+                    # Submitting is idempotent, so this is not an error; but nothing was queued.
+                    print(
+                        f"asset-worker: {result.job.key} is already {result.job.state.value}; "
+                        "submit --force queues it again",
+                        file=sys.stderr,
+                    )
     finally:
         await store.close()
     return EXIT_OK
@@ -233,7 +263,7 @@ async def _print_all_as_json(store: Store) -> None:
     out.write("[]\n" if first else "\n]\n")
 
 
-async def _run(settings: Settings, *, until_idle: bool, http: bool) -> int:
+async def _run(settings: Settings, *, until_idle: bool, http: bool, fail_on_failed: bool = False) -> int:
     # Checked before anything opens: an API that would be open to the network is a usage error.
     binding = http_binding(settings) if http else None
     if binding is not None and binding.api_token is None and settings.listen is None:
@@ -286,6 +316,10 @@ async def _run(settings: Settings, *, until_idle: bool, http: bool) -> int:
                 binding=binding,
                 notifier=Notifier(settings.systemd.notify_socket),
             )
+            failed = worker.engine.outcomes["failed"]
+        if fail_on_failed and failed:
+            print(f"asset-worker: {failed} job(s) failed in this run (asset-worker status)", file=sys.stderr)
+            return EXIT_FAILURE
     except asyncio.CancelledError:
         if signals_seen >= 2:
             return EXIT_FAILURE

@@ -24,6 +24,7 @@ Error handling by class, never by message:
 
 from __future__ import annotations
 
+import collections
 import functools
 import random
 import time
@@ -109,6 +110,8 @@ class Engine:
         self._sleep = sleep or clock.sleep
         self._rand = rand
         self.destination = DestinationHealth(settings.destination_backoff)
+        # Jobs this engine finished, by final state: what `run --fail-on-failed` reports on.
+        self.outcomes: collections.Counter[str] = collections.Counter()
 
     # -- polling ------------------------------------------------------------------------------
 
@@ -412,6 +415,7 @@ class Engine:
         (finished,) = await self._store.get([job.key])
         now = self._clock.now()
         await self._store.finish(job.key, owner=owner, now=now, state=state, error=error)
+        self.outcomes[state.value] += 1
         self._metrics.job_outcomes.labels(provider=job.key.provider, outcome=state.value).inc()
         stored = [a.receipt for a in finished.assets if a.receipt is not None]
         log.info(

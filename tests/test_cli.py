@@ -243,3 +243,29 @@ async def test_a_port_in_use_or_a_demo_of_no_jobs_is_one_line(cli_env: dict[str,
     assert busy.err.count("\n") == 1 and "address already in use" in busy.err.lower()
     empty = await cli(cli_env, "demo", "--jobs", "0")
     assert empty.code == 2 and "must be at least 1" in empty.err and "Traceback" not in empty.err
+
+
+async def test_status_filters_by_state_limits_and_sums_up_without_creating_a_store(
+    sim: Simulator, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """status never creates a store (it says there is none yet); --state and --limit choose the
+    jobs shown, and the table ends with a count by state."""
+    nowhere = {**cli_env, "ASSET_WORKER_STORE": f"sqlite:///{tmp_path / 'none' / 'store.db'}"}
+    looked = await cli(nowhere, "status")
+    assert looked.code == 0 and "no jobs: there is no store at" in looked.out
+    assert (await cli(nowhere, "status", "--json")).out.strip() == "[]"
+    assert (await cli(nowhere, "status", "cloudlayer:x")).code == 1
+    assert not (tmp_path / "none").exists()
+    sim.add_cloudlayer_job(id="s-ok", pending_s=0)
+    sim.add_cloudlayer_job(id="s-bad", pending_s=0, outcome="error", error_message="render failed")
+    await cli(cli_env, "submit", "cloudlayer:s-ok", "cloudlayer:s-bad")
+    await cli(cli_env, "run", "--until-idle", "--no-http")
+    await cli(cli_env, "submit", "cloudlayer:s-new")
+    table = await cli(cli_env, "status")
+    assert table.out.rstrip().splitlines()[-1] == "3 jobs: 1 queued, 1 done, 1 failed"
+    failed = await cli(cli_env, "status", "--state", "failed", "--json")
+    assert [j["key"] for j in json.loads(failed.out)] == ["cloudlayer:s-bad"]
+    two = await cli(cli_env, "status", "--state", "done", "--state", "queued", "--limit", "1")
+    assert two.out.rstrip().splitlines()[-1] == "1 job: 1 done"
+    none = await cli(cli_env, "status", "--state", "canceled")
+    assert none.code == 0 and "no canceled jobs in" in none.out

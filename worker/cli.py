@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import functools
 import importlib.metadata
@@ -29,13 +30,13 @@ from worker.config import Settings, from_env, secret_values
 from worker.enqueue import SUBMIT_BATCH
 from worker.errors import ConfigError, InvalidJob, StoreUnusable, WorkerError
 from worker.http.binding import http_binding
-from worker.models import JobKey
+from worker.models import Job, JobKey, JobState
 from worker.providers import PROVIDERS, parse_key
-from worker.redaction import register_secrets
+from worker.redaction import redact_url, register_secrets
 from worker.sdnotify import Notifier
 from worker.simulator import command as simulator_command
 from worker.statusview import job_to_json, render_table
-from worker.store import Cursor, Store, open_store
+from worker.store import Cursor, Store, open_store, store_for
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -104,6 +105,13 @@ def build_parser() -> argparse.ArgumentParser:
     status = add("status", help="show jobs (all, or the keys given)")
     status.add_argument("keys", nargs="*", metavar="KEY")
     status.add_argument("--json", action="store_true", help="print the status JSON array")
+    status.add_argument(
+        "--state",
+        action="append",
+        choices=[s.value for s in JobState],
+        help="only jobs in this state (repeatable)",
+    )
+    status.add_argument("--limit", type=_at_least_one, help="at most this many jobs, oldest first")
 
     simulate = add("simulate", help="serve the simulated upstream APIs on loopback")
     simulator_command.add_arguments(simulate, port=8787, layers_port=8788)
@@ -174,7 +182,8 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
                 fail_on_failed=args.fail_on_failed,
             )
         case "status":
-            return await _status(settings, args.keys, as_json=args.json)
+            states = [JobState(s) for s in args.state] if args.state else None
+            return await _status(settings, args.keys, as_json=args.json, states=states, limit=args.limit)
         case "simulate":
             await simulator_command.run(args)
             return EXIT_OK
@@ -221,24 +230,52 @@ def _keys_from(path: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
 
 
-async def _status(settings: Settings, raw_keys: Sequence[str], *, as_json: bool) -> int:
+async def _status(
+    settings: Settings,
+    raw_keys: Sequence[str],
+    *,
+    as_json: bool,
+    states: Sequence[JobState] | None = None,
+    limit: int | None = None,
+) -> int:
     keys = [JobKey.parse(k) for k in raw_keys]
+    where = redact_url(settings.store_url)
+    if not store_for(settings.store_url).exists(settings.store_url):
+        # Looking never creates a store (an empty one in the wrong directory would hide the real one).
+        print("[]" if as_json else f"no jobs: there is no store at {where} yet")
+        for key in keys:
+            print(f"asset-worker: unknown job {key}", file=sys.stderr)
+        return EXIT_FAILURE if keys else EXIT_OK
     store = await open_store(settings.store_url, pool_size=settings.pg_pool_size)
     try:
-        if as_json and not keys:
+        if as_json and not keys and states is None and limit is None:
             await _print_all_as_json(store)
             return EXIT_OK
-        jobs = await store.get(keys) if keys else await store.list_jobs()
+        if keys:
+            jobs = [j for j in await store.get(keys) if states is None or j.state in states][:limit]
+        else:
+            jobs = await store.list_jobs(states=states, limit=limit)
     finally:
         await store.close()
-    missing = sorted({str(k) for k in keys} - {str(j.key) for j in jobs})
+    missing = sorted({str(k) for k in keys} - {str(j.key) for j in jobs}) if states is None else []
     if as_json:
         print(json.dumps([job_to_json(j) for j in jobs], indent=2))
+    elif jobs:
+        print(render_table(jobs))
+        print(_summary(jobs))
     else:
-        print(render_table(jobs) if jobs else "no jobs")
-    for key in missing:
-        print(f"asset-worker: unknown job {key}", file=sys.stderr)
+        which = "" if states is None else "/".join(s.value for s in states) + " "
+        print(f"no {which}jobs in {where}")
+    for name in missing:
+        print(f"asset-worker: unknown job {name}", file=sys.stderr)
     return EXIT_FAILURE if missing else EXIT_OK
+
+
+def _summary(jobs: Sequence[Job]) -> str:
+    """``3 jobs: 2 done, 1 failed``, states in their life's order."""
+    counts = collections.Counter(job.state for job in jobs)
+    parts = [f"{counts[state]} {state.value}" for state in JobState if counts[state]]
+    return f"{len(jobs)} job{'s' if len(jobs) != 1 else ''}: {', '.join(parts)}"
 
 
 # Jobs read per page when every job is printed: memory stays flat however many there are.

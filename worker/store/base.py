@@ -256,3 +256,6 @@ class StoreSpec:
     example: str  # shown in errors: "sqlite:///PATH"
     check: Callable[[str], object]  # refuses a malformed URL of its schemes (ConfigError), never connects
     open: Callable[[str, int], Awaitable[Store]]  # (URL, pool size) -> an open, migrated store
+    # Whether a store is there to be read without creating one (a file store's file); read-only
+    # commands ask first, so that looking never creates an empty store in the wrong place.
+    exists: Callable[[str], bool] = lambda _url: True

@@ -576,4 +576,5 @@ SPEC = StoreSpec(
     example="sqlite:///PATH",
     check=sqlite_path,
     open=_open,
+    exists=lambda url: sqlite_path(url).exists(),
 )

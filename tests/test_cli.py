@@ -269,3 +269,29 @@ async def test_status_filters_by_state_limits_and_sums_up_without_creating_a_sto
     assert two.out.rstrip().splitlines()[-1] == "1 job: 1 done"
     none = await cli(cli_env, "status", "--state", "canceled")
     assert none.code == 0 and "no canceled jobs in" in none.out
+
+
+async def test_cancel_and_retry_from_the_command_line(sim: Simulator, cli_env: dict[str, str]) -> None:
+    """cancel ends unfinished jobs (exit 1 naming a done or unknown one); retry queues finished jobs
+    again (one by one, or every failed one), leaving jobs in progress alone."""
+    sim.add_cloudlayer_job(id="c-bad", pending_s=0, outcome="error", error_message="render failed")
+    sim.add_cloudlayer_job(id="c-ok", pending_s=0)
+    await cli(cli_env, "submit", "cloudlayer:c-bad", "cloudlayer:c-ok")
+    await cli(cli_env, "run", "--until-idle", "--no-http")
+    await cli(cli_env, "submit", "cloudlayer:c-later")
+    canceled = await cli(cli_env, "cancel", "cloudlayer:c-later", "cloudlayer:c-ok", "cloudlayer:c-none")
+    assert canceled.code == 1 and canceled.out.split("\n")[0] == "cloudlayer:c-later canceled"
+    assert "cloudlayer:c-ok is already done; nothing to cancel" in canceled.err
+    assert "unknown job cloudlayer:c-none" in canceled.err
+    failed = await cli(cli_env, "retry", "--failed")
+    assert failed.code == 0 and failed.out.strip() == "cloudlayer:c-bad queued again"
+    one = await cli(cli_env, "retry", "cloudlayer:c-later")
+    assert one.code == 0 and one.out.strip() == "cloudlayer:c-later queued again"
+    busy = await cli(cli_env, "retry", "cloudlayer:c-bad")  # queued again just now: in progress
+    assert busy.code == 1 and "cloudlayer:c-bad is queued; only a finished job can be retried" in busy.err
+    assert (await cli(cli_env, "retry")).code == 2
+    assert {j["key"]: j["state"] for j in await status_json(cli_env)} == {
+        "cloudlayer:c-bad": "queued",
+        "cloudlayer:c-ok": "done",
+        "cloudlayer:c-later": "queued",
+    }

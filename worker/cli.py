@@ -19,7 +19,7 @@ import json
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.add_argument("--limit", type=_at_least_one, help="at most this many jobs, oldest first")
 
+    cancel = add("cancel", help="cancel unfinished jobs (a worker holding one lets go of it)")
+    cancel.add_argument("keys", nargs="+", metavar="KEY")
+
+    retry = add("retry", help="queue finished jobs again (done, failed or canceled) to their destination")
+    retry.add_argument("keys", nargs="*", metavar="KEY")
+    retry.add_argument("--failed", action="store_true", help="every failed job")
+
     simulate = add("simulate", help="serve the simulated upstream APIs on loopback")
     simulator_command.add_arguments(simulate, port=8787, layers_port=8788)
 
@@ -184,6 +191,10 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         case "status":
             states = [JobState(s) for s in args.state] if args.state else None
             return await _status(settings, args.keys, as_json=args.json, states=states, limit=args.limit)
+        case "cancel":
+            return await _cancel(settings, args.keys)
+        case "retry":
+            return await _retry(settings, args.keys, every_failed=args.failed)
         case "simulate":
             await simulator_command.run(args)
             return EXIT_OK
@@ -269,6 +280,59 @@ async def _status(
     for name in missing:
         print(f"asset-worker: unknown job {name}", file=sys.stderr)
     return EXIT_FAILURE if missing else EXIT_OK
+
+
+async def _cancel(settings: Settings, raw_keys: Sequence[str]) -> int:
+    """Cancel each job; exit 1 if one is unknown or already done or failed (as the API's 409)."""
+    keys = [JobKey.parse(k) for k in raw_keys]
+    problems = 0
+    async with _opened(settings) as store:
+        for key in keys:
+            found = await store.get([key])
+            if not found:
+                problems += _complain(f"unknown job {key}")
+            elif found[0].state in (JobState.DONE, JobState.FAILED):
+                problems += _complain(f"{key} is already {found[0].state.value}; nothing to cancel")
+            else:
+                await store.cancel(key, now=time.time())
+                print(f"{key} canceled")
+    return EXIT_FAILURE if problems else EXIT_OK
+
+
+async def _retry(settings: Settings, raw_keys: Sequence[str], *, every_failed: bool) -> int:
+    """Queue finished jobs again, each to its own destination; a job in progress is left alone."""
+    if not raw_keys and not every_failed:
+        raise ConfigError("retry: give at least one KEY, or --failed")
+    keys = [JobKey.parse(k) for k in raw_keys]
+    problems = 0
+    async with _opened(settings) as store:
+        jobs = await store.get(keys)
+        for name in sorted({str(k) for k in keys} - {str(j.key) for j in jobs}):
+            problems += _complain(f"unknown job {name}")
+        if every_failed:
+            jobs += await store.list_jobs(states=[JobState.FAILED])
+        for job in jobs:
+            if not job.state.is_final:
+                problems += _complain(f"{job.key} is {job.state.value}; only a finished job can be retried")
+                continue
+            result = await store.submit(job.key, now=time.time(), force=True, dest=job.dest)
+            if result.requeued:
+                print(f"{job.key} queued again")
+    return EXIT_FAILURE if problems else EXIT_OK
+
+
+@contextlib.asynccontextmanager
+async def _opened(settings: Settings) -> AsyncIterator[Store]:
+    store = await open_store(settings.store_url, pool_size=settings.pg_pool_size)
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+def _complain(message: str) -> int:
+    print(f"asset-worker: {message}", file=sys.stderr)
+    return 1
 
 
 def _summary(jobs: Sequence[Job]) -> str:

@@ -295,3 +295,23 @@ async def test_cancel_and_retry_from_the_command_line(sim: Simulator, cli_env: d
         "cloudlayer:c-ok": "done",
         "cloudlayer:c-later": "queued",
     }
+
+
+async def test_submit_dest_gives_jobs_their_own_place_inside_the_workers(
+    sim: Simulator, cli_env: dict[str, str]
+) -> None:
+    """submit --dest places these jobs' files in a directory inside ASSET_WORKER_DEST (as the API's
+    dest); one outside it is refused before anything is written; an unwritable demo directory is one
+    line."""
+    root = Path(cli_env["ASSET_WORKER_DEST"].removeprefix("file://"))
+    sim.add_cloudlayer_job(id="d-1", pending_s=0, size=5_000)
+    outside = await cli(cli_env, "submit", "cloudlayer:d-1", "--dest", "/etc/elsewhere")
+    assert outside.code == 2 and outside.err.startswith("asset-worker: --dest: ")
+    assert (await status_json(cli_env)) == []
+    inside = await cli(cli_env, "submit", "--dest", str(root / "tenant-a"), "cloudlayer:d-1")
+    assert inside.code == 0, inside.err
+    assert (await cli(cli_env, "run", "--until-idle", "--no-http")).code == 0
+    (job,) = await status_json(cli_env)
+    assert job["assets"][0]["uri"].startswith((root / "tenant-a" / "cloudlayer" / "d-1").as_uri())
+    demo = await cli(cli_env, "demo", "--dir", "/proc/asset-worker-demo")
+    assert demo.code == 1 and demo.err.count("\n") == 1 and "Traceback" not in demo.err

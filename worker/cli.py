@@ -27,6 +27,7 @@ import structlog
 
 from worker import log as worker_log
 from worker.config import Settings, from_env, secret_values
+from worker.destinations import parse_dest
 from worker.enqueue import SUBMIT_BATCH
 from worker.errors import ConfigError, InvalidJob, StoreUnusable, WorkerError
 from worker.http.binding import http_binding
@@ -145,7 +146,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = from_env(
             None,
             store=getattr(args, "store", None),
-            dest=getattr(args, "dest", None),
+            # For submit, --dest is the jobs' own destination, checked against the worker's.
+            dest=None if args.command == "submit" else getattr(args, "dest", None),
             # The demo prints its own table; its logs stay quiet unless asked for.
             log_level=getattr(args, "log_level", None) or ("warning" if args.command == "demo" else None),
             log_format=getattr(args, "log_format", None),
@@ -180,7 +182,7 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     match args.command:
         case "submit":
             keys = [*args.keys, *(_keys_from(args.from_file) if args.from_file else ())]
-            return await _submit(settings, keys, force=args.force)
+            return await _submit(settings, keys, force=args.force, dest=getattr(args, "dest", None))
         case "run":
             return await _run(
                 settings,
@@ -206,16 +208,26 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     raise ConfigError(f"unknown command {args.command!r}")  # pragma: no cover
 
 
-async def _submit(settings: Settings, raw_keys: Sequence[str], *, force: bool) -> int:
+async def _submit(
+    settings: Settings, raw_keys: Sequence[str], *, force: bool, dest: str | None = None
+) -> int:
+    """Queue jobs; ``dest`` (``submit --dest``) is their own directory or prefix, which must lie
+    inside the worker's ASSET_WORKER_DEST (as the HTTP API's ``dest``)."""
     if not raw_keys:
         raise ConfigError("submit: give at least one KEY, or --from-file FILE")
     keys = [parse_key(k) for k in raw_keys]  # every key is checked before any is written
+    if dest is not None:
+        try:
+            dest = parse_dest(dest, base_url=settings.dest_url).url
+        except ConfigError as exc:
+            raise ConfigError(f"--dest: {exc.message}") from None
     store = await open_store(settings.store_url, pool_size=settings.pg_pool_size)
     log = structlog.get_logger("worker.cli")
     try:
         now = time.time()
         for start in range(0, len(keys), SUBMIT_BATCH):
-            for result in await store.submit_many(keys[start : start + SUBMIT_BATCH], now=now, force=force):
+            batch = keys[start : start + SUBMIT_BATCH]
+            for result in await store.submit_many(batch, now=now, force=force, dest=dest):
                 log.info(
                     "job_submitted", job=str(result.job.key), created=result.created, requeued=result.requeued
                 )

@@ -315,3 +315,20 @@ async def test_submit_dest_gives_jobs_their_own_place_inside_the_workers(
     assert job["assets"][0]["uri"].startswith((root / "tenant-a" / "cloudlayer" / "d-1").as_uri())
     demo = await cli(cli_env, "demo", "--dir", "/proc/asset-worker-demo")
     assert demo.code == 1 and demo.err.count("\n") == 1 and "Traceback" not in demo.err
+
+
+async def test_submit_wait_exits_by_how_the_jobs_ended(sim: Simulator, cli_env: dict[str, str]) -> None:
+    """submit --wait returns when a worker (another process) has finished the jobs: 0 when all are
+    done, 1 when one failed, with a line of counts on standard error as they change."""
+    sim.add_cloudlayer_job(id="w-1", pending_s=0.3)
+    sim.add_cloudlayer_job(id="w-2", pending_s=0, outcome="error", error_message="render failed")
+    worker = await start(cli_env, "run", "--no-http")
+    try:
+        good = await cli(cli_env, "submit", "cloudlayer:w-1", "--wait", timeout_s=30)
+        assert good.code == 0, good.err
+        assert good.err.strip().splitlines()[-1] == "asset-worker: 1 job: 1 done"
+        bad = await cli(cli_env, "submit", "cloudlayer:w-1", "cloudlayer:w-2", "--wait", timeout_s=30)
+        assert bad.code == 1 and "1 done, 1 failed" in bad.err.strip().splitlines()[-1]
+    finally:
+        worker.terminate()
+        await worker.communicate()

@@ -92,6 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="also read keys from FILE, one a line ('-': standard input; blank and # lines skipped)",
     )
     submit.add_argument("--force", action="store_true", help="re-queue jobs that already finished")
+    submit.add_argument(
+        "--wait",
+        action="store_true",
+        help="wait until a worker has finished these jobs: exit 0 if all are done, 1 if any is not",
+    )
 
     run = add("run", help="work the queue until stopped (SIGTERM / Ctrl-C)")
     run.add_argument("--until-idle", action="store_true", help="exit 0 once no job is left unfinished")
@@ -182,7 +187,10 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     match args.command:
         case "submit":
             keys = [*args.keys, *(_keys_from(args.from_file) if args.from_file else ())]
-            return await _submit(settings, keys, force=args.force, dest=getattr(args, "dest", None))
+            submitted = await _submit(settings, keys, force=args.force, dest=getattr(args, "dest", None))
+            if args.wait:
+                return await _wait_for(settings, [parse_key(k) for k in keys])
+            return submitted
         case "run":
             return await _run(
                 settings,
@@ -292,6 +300,30 @@ async def _status(
     for name in missing:
         print(f"asset-worker: unknown job {name}", file=sys.stderr)
     return EXIT_FAILURE if missing else EXIT_OK
+
+
+# How often submit --wait looks at the store.
+WAIT_INTERVAL_S = 0.5
+
+
+async def _wait_for(settings: Settings, keys: Sequence[JobKey]) -> int:
+    """Until every job in ``keys`` is final (a worker, here or elsewhere, does the work): a line of
+    counts on standard error as they change; exit 0 when all are done, 1 when any failed or was
+    canceled. Interrupting the wait leaves the jobs queued."""
+    wanted = list(dict.fromkeys(keys))
+    last = ""
+    async with _opened(settings) as store:
+        while True:
+            jobs: list[Job] = []
+            for start in range(0, len(wanted), STATUS_PAGE):
+                jobs += await store.get(wanted[start : start + STATUS_PAGE])
+            line = _summary(jobs)
+            if line != last:
+                print(f"asset-worker: {line}", file=sys.stderr)
+                last = line
+            if all(job.state.is_final for job in jobs):
+                return EXIT_OK if all(job.state is JobState.DONE for job in jobs) else EXIT_FAILURE
+            await asyncio.sleep(WAIT_INTERVAL_S)
 
 
 async def _cancel(settings: Settings, raw_keys: Sequence[str]) -> int:

@@ -14,7 +14,7 @@ import hashlib
 import json
 import os
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any, Final
 from urllib.parse import unquote, urlsplit
@@ -47,10 +47,26 @@ class Sample:
     peak_rss_mib: float
     error: str | None = None
     submit_s: float | None = None  # asset-worker only: every ``submit`` call, outside ``seconds``
+    first_done_s: float | None = None  # queue rows: spawn to the first job finished
+    ready: int | None = None  # queue rows: jobs polled ready by the time the rate's last job finished
 
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    @classmethod
+    def failed(cls, error: str, *, submit_s: float | None = None) -> Sample:
+        """A run that went wrong before anything was timed."""
+        return cls(seconds=0.0, cpu_s=0.0, peak_rss_mib=0.0, error=error, submit_s=submit_s)
+
+
+# One run of a contender in a fresh work directory.
+Go = Callable[[Path], Sample]
+
+
+def sample_of(run: Measured, error: str | None) -> Sample:
+    """A run measured whole (wall time, CPU, peak RSS of the child), with what was wrong, if anything."""
+    return Sample(seconds=run.wall_s, cpu_s=run.cpu_s, peak_rss_mib=run.peak_rss_mib, error=error)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -73,9 +89,16 @@ class Context:
         return 120.0 + files / _MIN_FILES_S + total_bytes / _MIN_RATE_B_S
 
     def measure(
-        self, argv: list[str], timeout_s: float, log: IO[bytes], env: dict[str, str] | None = None
+        self,
+        argv: list[str],
+        timeout_s: float,
+        log: IO[bytes],
+        env: dict[str, str] | None = None,
+        stdout: IO[bytes] | None = None,
     ) -> Measured:
-        return measure(self.children, self.gnu_time, argv, timeout_s, stderr=log, env=env or local_env())
+        return measure(
+            self.children, self.gnu_time, argv, timeout_s, stderr=log, env=env or local_env(), stdout=stdout
+        )
 
 
 def store_and_dest(workdir: Path) -> dict[str, str]:
@@ -112,19 +135,24 @@ def check_dir(directory: Path, files: list[ServedFile]) -> str | None:
     return summarise_problems(problems, len(files))
 
 
-def _gist(text: str) -> str:
+def gist(text: str) -> str:
     """The lines of a program's output that say what went wrong (those naming an error, else the last)."""
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     telling = [line for line in lines if "error" in line.lower() or "exception" in line.lower()]
     return " | ".join(telling[-3:] or lines[-3:])[-600:]
 
 
-def _failed(run: Measured, log: Path) -> str | None:
-    if run.code == 0:
+def exit_problem(code: int, log: Path, out: str = "") -> str | None:
+    """None for exit status 0; else the status and what the program said (its log, else its stdout)."""
+    if code == 0:
         return None
     # aria2c reports its errors on stdout, most programs on stderr.
-    said = _gist(log.read_text(errors="replace")) if log.exists() else ""
-    return f"exit status {run.code}: {said or _gist(run.out) or '(no output)'}"
+    said = gist(log.read_text(errors="replace")) if log.exists() else ""
+    return f"exit status {code}: {said or gist(out) or '(no output)'}"
+
+
+def _failed(run: Measured, log: Path) -> str | None:
+    return exit_problem(run.code, log, run.out)
 
 
 # --- asset-worker, end to end ------------------------------------------------------------------------
@@ -156,13 +184,41 @@ def submit(ctx: Context, env: dict[str, str], keys: list[str], log: IO[bytes]) -
     return total, None
 
 
+def submit_file(
+    ctx: Context, env: dict[str, str], keys: list[str], workdir: Path, log: IO[bytes]
+) -> tuple[Measured, str | None]:
+    """``asset-worker submit --from-file FILE`` with ``keys`` one a line, measured; and what went wrong:
+    a non-zero exit, or not every key printed back (it prints each key it queued)."""
+    listing = workdir / "keys.txt"
+    listing.write_text("".join(f"{key}\n" for key in keys))
+    printed = workdir / "submitted.txt"
+    argv = [ctx.programs["asset-worker"], "submit", "--from-file", str(listing)]
+    with printed.open("wb") as out:
+        run = ctx.measure(argv, ctx.timeout_s(len(keys), 0), log, env, stdout=out)
+    if run.code != 0:
+        return run, f"submit --from-file exited with status {run.code}"
+    with printed.open("rb") as lines:
+        count = sum(1 for _ in lines)
+    return run, None if count == len(keys) else f"submit --from-file printed {count} keys of {len(keys)}"
+
+
 def _stored_path(asset: Mapping[str, Any]) -> Path | None:
     uri = str(asset.get("uri") or "")
     return Path(unquote(urlsplit(uri).path)) if uri.startswith("file://") else None
 
 
-def _job_problem(job: Mapping[str, Any], expected: ServedFile) -> str | None:
-    """What is wrong with one job of ``status --json``, and then with the file it points at."""
+# What is wrong with the copy a job's asset (from ``status --json``) points at, or None.
+CopyCheck = Callable[[Mapping[str, Any], ServedFile], str | None]
+
+
+def check_local_copy(asset: Mapping[str, Any], expected: ServedFile) -> str | None:
+    """The file a ``file://`` URI names, read back and hashed."""
+    path = _stored_path(asset)
+    return f"uri {asset.get('uri')!r}" if path is None else check_file(path, expected)
+
+
+def _job_problem(job: Mapping[str, Any], expected: ServedFile, check_copy: CopyCheck) -> str | None:
+    """What is wrong with one job of ``status --json``, and then with the copy it points at."""
     assets = job.get("assets") or []
     if job.get("state") != "done" or len(assets) != 1:
         return f"{job.get('key')}: state {job.get('state')}, error {job.get('error')}"
@@ -172,45 +228,74 @@ def _job_problem(job: Mapping[str, Any], expected: ServedFile) -> str | None:
         return (
             f"{job.get('key')}: recorded {recorded}; expected {expected.size} bytes, sha256 {expected.sha256}"
         )
-    path = _stored_path(asset)
-    return f"{job.get('key')}: uri {asset.get('uri')!r}" if path is None else check_file(path, expected)
+    problem = check_copy(asset, expected)
+    return None if problem is None else f"{job.get('key')}: {problem}"
+
+
+def _status_json(
+    ctx: Context, env: dict[str, str], keys: list[str] | None, log: IO[bytes]
+) -> tuple[dict[str, Any], str | None]:
+    """The jobs ``status --json`` shows, by key: every job, or only ``keys`` (in as few calls as fit)."""
+    by_key: dict[str, Any] = {}
+    for chunk in [[]] if keys is None else _key_chunks(keys):
+        argv = [ctx.programs["asset-worker"], "status", "--json", *chunk]
+        status = ctx.measure(argv, ctx.timeout_s(len(chunk), 0), log, env)
+        if status.code != 0:
+            return by_key, f"status exited with status {status.code}"
+        try:
+            by_key |= {str(job["key"]): job for job in json.loads(status.out)}
+        except (ValueError, KeyError, TypeError) as exc:
+            return by_key, f"unreadable status --json: {exc}"
+    return by_key, None
 
 
 def check_worker(
-    ctx: Context, env: dict[str, str], jobs: Mapping[str, ServedFile], log: IO[bytes]
+    ctx: Context,
+    env: dict[str, str],
+    jobs: Mapping[str, ServedFile],
+    log: IO[bytes],
+    *,
+    check_copy: CopyCheck = check_local_copy,
+    by_key: bool = False,
 ) -> str | None:
-    """Every job ``done`` in ``status --json`` with the right size and sha256, and its file on disk right."""
-    status = ctx.measure(
-        [ctx.programs["asset-worker"], "status", "--json"], ctx.timeout_s(len(jobs), 0), log, env
-    )
-    if status.code != 0:
-        return f"status exited with status {status.code}"
-    try:
-        by_key = {str(job["key"]): job for job in json.loads(status.out)}
-    except (ValueError, KeyError, TypeError) as exc:
-        return f"unreadable status --json: {exc}"
+    """Every job ``done`` in ``status --json`` with the right size and sha256, and its copy right.
+
+    ``by_key``: ask for these jobs only, not the whole queue (a queue row leaves most jobs unrun).
+    """
+    found, error = _status_json(ctx, env, list(jobs) if by_key else None, log)
+    if error is not None:
+        return error
     problems = []
     for key, expected in jobs.items():
-        job = by_key.get(key)
-        problem = f"{key}: not in status" if job is None else _job_problem(job, expected)
+        job = found.get(key)
+        problem = f"{key}: not in status" if job is None else _job_problem(job, expected, check_copy)
         if problem is not None:
             problems.append(problem)
     return summarise_problems(problems, len(jobs))
 
 
-def asset_worker(ctx: Context, workdir: Path, jobs: Mapping[str, ServedFile]) -> Sample:
-    """Submit every job key, then time ``run --until-idle --no-http`` from spawn to exit; check the copies."""
-    env = ctx.worker_env(workdir)
+def asset_worker(
+    ctx: Context,
+    workdir: Path,
+    jobs: Mapping[str, ServedFile],
+    *,
+    env: dict[str, str] | None = None,
+    check_copy: CopyCheck = check_local_copy,
+) -> Sample:
+    """Submit every job key, then time ``run --until-idle --no-http`` from spawn to exit; check the copies.
+
+    ``env``: the worker's environment (default: ``ctx.worker_env(workdir)``, SQLite and local disk)."""
+    env = env or ctx.worker_env(workdir)
     log_path = workdir / "worker.log"  # the worker logs to stderr, as under a service manager
     with log_path.open("ab") as log:
         submit_s, error = submit(ctx, env, list(jobs), log)
         if error is not None:
-            return Sample(seconds=0.0, cpu_s=0.0, peak_rss_mib=0.0, error=error, submit_s=submit_s)
+            return Sample.failed(error, submit_s=submit_s)
         total_bytes = sum(f.size for f in jobs.values())
         argv = [ctx.programs["asset-worker"], "run", "--until-idle", "--no-http"]
         run = ctx.measure(argv, ctx.timeout_s(len(jobs), total_bytes), log, env)
         log.flush()
-        error = _failed(run, log_path) or check_worker(ctx, env, jobs, log)
+        error = _failed(run, log_path) or check_worker(ctx, env, jobs, log, check_copy=check_copy)
     return Sample(
         seconds=run.wall_s, cpu_s=run.cpu_s, peak_rss_mib=run.peak_rss_mib, error=error, submit_s=submit_s
     )

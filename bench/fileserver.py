@@ -3,6 +3,7 @@ loopback port, with its own prefix, configuration, pid file and error log in a t
 
 The bytes come from ``worker.simulator.content`` (one seed per file, so no two files are alike and the
 worker's reuse of identical copies never kicks in); each file's sha256 is computed while it is written.
+One file, ``f/same.bin``, is also served under every name below ``/same/``, for the queue rows.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from common import BenchError, Children
 from worker.simulator.content import iter_content
 
 _START_TIMEOUT_S: Final = 15.0
+SHARED_NAME: Final = "same.bin"
 _TEMP_PATH_FLAG = re.compile(r"--http-([a-z-]+)-temp-path=")
 
 
@@ -35,6 +37,11 @@ class ServedFile:
     @property
     def path(self) -> str:
         return f"/f/{self.name}"
+
+
+def shared_path(name: str) -> str:
+    """The URL path under which nginx serves ``f/same.bin`` as ``name``."""
+    return f"/same/{name}"
 
 
 def write_file(www: Path, name: str, seed: int, size: int) -> ServedFile:
@@ -84,6 +91,11 @@ http {{
     server {{
         listen 127.0.0.1:{port};
         root {www};
+        # Any name under /same/ is the one file f/{SHARED_NAME}: a queue of 100,000 jobs, each with
+        # its own URL, needs no 100,000 files (the worker reuses no copy: cloudlayer publishes no sha256).
+        location /same/ {{
+            try_files /f/{SHARED_NAME} =404;
+        }}
     }}
 }}
 """

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -113,3 +114,9 @@ def version(path: str, *args: str) -> str:
         return "?"
     lines = (done.stdout + done.stderr).strip().splitlines()
     return lines[0].strip() if lines else "?"
+
+
+def version_number(line: str) -> str:
+    """The version number in a program's version line: ``nginx version: nginx/1.22.1`` -> ``1.22.1``."""
+    found = re.search(r"v?\d+(?:\.\d+)+", line)
+    return found.group(0) if found else line

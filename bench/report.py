@@ -19,38 +19,45 @@ def _num(value: float | None) -> str:
     return f"{value:.0f}" if value >= 100 else f"{value:.1f}" if value >= 10 else f"{value:.2f}"
 
 
-def _ratio_cell(row: Row, contender: Contender, found: Mapping[str, float | None]) -> str:
-    if contender.is_worker:
-        return ""
+def _ratio_cell(row: Row, contender: Contender, result: Mapping[str, Any]) -> str:
+    """The ratios printed on this contender's line, then the targets they (or its median) are held to."""
     cells = []
-    for worker in row.workers:
-        value = found[f"{worker.id}/{contender.id}"]
-        text = "n/a" if value is None else f"{value:.2f}x"
-        cells.append(text if len(row.workers) == 1 else f"{worker.id} {text}")
+    for ratio in row.ratios:
+        if ratio.shown_on == contender.id:
+            value = result["ratios"][ratio.key]
+            cells.append(ratio.tag + ("n/a" if value is None else f"{value:.2f}x"))
+    for target, judged in zip(row.targets, result.get("targets", []), strict=True):
+        shown_on = next((r.shown_on for r in row.ratios if r.key == target.source), target.source)
+        if shown_on == contender.id:
+            verdict = {True: "met", False: "MISSED", None: "n/a"}[judged["met"]]
+            cells.append(f"target {target.text}: {verdict}")
     return ", ".join(cells)
 
 
 def print_row(row: Row, result: Mapping[str, Any]) -> None:
-    cpu_label = "CPU s/file" if row.cpu_per > 1 else "CPU s"
+    cpu_label = row.cpu_label if row.cpu_per > 1 else "CPU s"
     runs = "1 run" if row.runs == 1 else f"{row.runs} runs, interleaved"
+    width = max(40, *(len(c.label) + 1 for c in row.contenders))
     print(f"\n{row.title}; {runs}")
-    head = f"  {'contender':<40}{row.unit + ' median':>15}{'min':>8}{'max':>8}{cpu_label:>11}{'RSS MiB':>9}"
-    print(f"{head}  ratio")
+    head = f"  {'contender':<{width}}{row.unit + ' median':>15}{'min':>8}{'max':>8}{cpu_label:>11}"
+    print(f"{head}{'RSS MiB':>9}  ratio")
     for contender in row.contenders:
         s = result["contenders"][contender.id]
         cpu = s.get("median_cpu_s_per_file", s["median_cpu_s"])
         cpu_text = "-" if cpu is None else f"{cpu:.4f}" if row.cpu_per > 1 else f"{cpu:.2f}"
         failed = f"  ({s['runs'] - s['ok_runs']} run(s) FAILED)" if s["ok_runs"] < s["runs"] else ""
-        ratio = _ratio_cell(row, contender, result["ratios"])
+        ratio = _ratio_cell(row, contender, result)
         line = (
-            f"  {contender.label:<40}{_num(s['median']):>15}{_num(s['min']):>8}{_num(s['max']):>8}"
+            f"  {contender.label:<{width}}{_num(s['median']):>15}{_num(s['min']):>8}{_num(s['max']):>8}"
             f"{cpu_text:>11}{_num(s['median_peak_rss_mib']):>9}  {ratio}{failed}"
         )
         print(line.rstrip())
-    print(f"  ratio = asset-worker's median / the peer's median: {row.ratio_meaning}")
+    print(f"  ratio = {row.ratio_text}")
     submit = result["contenders"].get("worker", {}).get("median_submit_s")
     if submit is not None:
         print(f"  asset-worker submit of every key, before run (not in {row.unit}): {_num(submit)} s")
+    for line in row.footer(result) if row.footer else ():
+        print(f"  {line}")
 
 
 # --- the machine, the programs, the settings -----------------------------------------------------------

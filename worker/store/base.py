@@ -209,6 +209,11 @@ class Store(Protocol):
         """Counts by state, and the backlog due at ``now`` that no live lease holds."""
         ...
 
+    async def due_count(self, *, phase: Phase, now: float, limit: int) -> int:
+        """How many jobs of ``phase`` a claim at ``now`` could take, counting at most ``limit``: a
+        walk of the phase's due jobs that stops there, however long the queue."""
+        ...
+
     async def unfinished(self) -> tuple[bool, float | None]:
         """Whether any job is not final, and the earliest moment one of them may be claimed
         (``due_at`` or, if leased, ``lease_expires_at``, whichever is later); ``None`` if none.

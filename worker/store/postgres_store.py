@@ -90,6 +90,18 @@ def _claim(phase: Phase, lease: str) -> str:
         FOR UPDATE SKIP LOCKED){lease}"""  # noqa: S608
 
 
+# How many of a phase's jobs a claim could take now, counting at most $2 (an index walk, no sort).
+_DUE_COUNT = {
+    phase: f"""
+    SELECT count(*) FROM (
+        SELECT 1 FROM asset_worker.jobs
+        WHERE {_PHASE_WHERE[phase]} AND due_at <= $1
+          AND (lease_expires_at IS NULL OR lease_expires_at <= $1)
+        ORDER BY due_at, submitted_at, key
+        LIMIT $2) AS due"""  # noqa: S608
+    for phase in Phase
+}
+
 # The earliest moment any unfinished job may be claimed: the first unleased one of each phase in
 # queue order (an index walk past the few leased rows), or a lease running out. LEAST skips NULLs.
 _NEXT_CLAIMABLE = f"""
@@ -526,6 +538,12 @@ class PostgresStore:
             return await _load(conn, [str(row["key"]) for row in rows])
 
         return await self._transaction(body, read_only=True)
+
+    async def due_count(self, *, phase: Phase, now: float, limit: int) -> int:
+        count = await self._transaction(
+            lambda conn: conn.fetchval(_DUE_COUNT[phase], now, limit), read_only=True
+        )
+        return int(count or 0)
 
     async def unfinished(self) -> tuple[bool, float | None]:
         row = _one(await self._transaction(lambda conn: conn.fetchrow(_NEXT_CLAIMABLE), read_only=True))

@@ -466,6 +466,12 @@ class SqliteStore:
     async def ping(self) -> None:
         await self._db.transaction(lambda db: db.execute("SELECT 1").fetchall(), write=False)
 
+    async def due_count(self, *, phase: Phase, now: float, limit: int) -> int:
+        sql = f"SELECT COUNT(*) FROM ({_SELECT_DUE[phase]})"  # noqa: S608 (module constants only)
+        return await self._db.transaction(
+            lambda db: int(db.execute(sql, (now, now, limit)).fetchone()[0]), write=False
+        )
+
     async def unfinished(self) -> tuple[bool, float | None]:
         def body(db: Conn) -> tuple[bool, float | None]:
             moments = [float(row["due_at"]) for phase in Phase for row in db.execute(_NEXT_UNLEASED[phase])]

@@ -193,12 +193,14 @@ class Runner:
             await _wait_any([self._wake.wait(), stop.wait()], timeout_s=max(timeout, 0.01))
 
     async def _poll_room(self) -> int:
-        """How many polls may run at once now: all of the poll pool, unless jobs already polled
+        """How many polls may run at once now: all of the poll pool, unless many jobs already polled
         ready are waiting for a transfer slot. Polling far ahead of the transfers only builds a
         queue of ready jobs while its polls take the CPU the transfers need (with 100,000 jobs
         queued, a worker had polled 9,800 ready by the time it had stored 1,000); so polls stop
-        while twice the transfer pool's worth of jobs wait, and the ones running carry on."""
-        ahead = 2 * self._settings.concurrency
+        while a poll pool's worth of ready jobs wait (at least twice the transfer pool's), and the
+        ones running carry on. A few long downloads never stop polling: that takes more ready jobs
+        waiting than the poll pool holds."""
+        ahead = max(2 * self._settings.concurrency, self._settings.poll_concurrency)
         waiting = await self._store.due_count(phase=Phase.TRANSFER, now=self._clock.now(), limit=ahead)
         return self._settings.poll_concurrency if waiting < ahead else 0
 

@@ -77,30 +77,25 @@ _PHASE_WHERE = {
 }
 
 
-def _claim(phase: Phase, lease: str) -> str:
-    """The claim of the phase's due rows, earliest first, locked (rows another claim has locked are
-    skipped); ``lease`` is the constant UPDATE applied to them. Joined from module constants only."""
+def _due(phase: Phase) -> str:
+    """The keys of the phase's jobs a claim at $1 could take, earliest first, at most $2. Joined
+    from module constants only."""
     return f"""
-    WITH due AS (
         SELECT key FROM asset_worker.jobs
         WHERE {_PHASE_WHERE[phase]} AND due_at <= $1
           AND (lease_expires_at IS NULL OR lease_expires_at <= $1)
         ORDER BY due_at, submitted_at, key
-        LIMIT $2
-        FOR UPDATE SKIP LOCKED){lease}"""  # noqa: S608
+        LIMIT $2"""  # noqa: S608
+
+
+def _claim(phase: Phase, lease: str) -> str:
+    """The claim of the phase's due rows, locked (rows another claim has locked are skipped);
+    ``lease`` is the constant UPDATE applied to them."""
+    return f"WITH due AS ({_due(phase)} FOR UPDATE SKIP LOCKED){lease}"
 
 
 # How many of a phase's jobs a claim could take now, counting at most $2 (an index walk, no sort).
-_DUE_COUNT = {
-    phase: f"""
-    SELECT count(*) FROM (
-        SELECT 1 FROM asset_worker.jobs
-        WHERE {_PHASE_WHERE[phase]} AND due_at <= $1
-          AND (lease_expires_at IS NULL OR lease_expires_at <= $1)
-        ORDER BY due_at, submitted_at, key
-        LIMIT $2) AS due"""  # noqa: S608
-    for phase in Phase
-}
+_DUE_COUNT = {phase: f"SELECT count(*) FROM ({_due(phase)}) AS due" for phase in Phase}  # noqa: S608
 
 # The earliest moment any unfinished job may be claimed: the first unleased one of each phase in
 # queue order (an index walk past the few leased rows), or a lease running out. LEAST skips NULLs.

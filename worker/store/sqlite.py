@@ -59,28 +59,23 @@ _PHASE_WHERE = {
     Phase.POLL: "state IN ('queued', 'polling')",
     Phase.TRANSFER: "state = 'downloading'",
 }
+_PHASE_INDEX = {Phase.POLL: "jobs_poll_due", Phase.TRANSFER: "jobs_transfer_due"}
 _SELECT_DUE = {
     phase: f"""
-    SELECT key FROM jobs INDEXED BY {index}
-    WHERE {where} AND due_at <= ? AND (lease_expires_at IS NULL OR lease_expires_at <= ?)
+    SELECT key FROM jobs INDEXED BY {_PHASE_INDEX[phase]}
+    WHERE {_PHASE_WHERE[phase]} AND due_at <= ? AND (lease_expires_at IS NULL OR lease_expires_at <= ?)
     ORDER BY due_at, submitted_at, key
     LIMIT ?"""  # noqa: S608
-    for phase, where, index in (
-        (Phase.POLL, _PHASE_WHERE[Phase.POLL], "jobs_poll_due"),
-        (Phase.TRANSFER, _PHASE_WHERE[Phase.TRANSFER], "jobs_transfer_due"),
-    )
+    for phase in Phase
 }
 # The earliest moment a job of the phase may be claimed: the first unleased one in queue order
 # (a walk of the phase's index that passes only the few leased rows), or a lease running out.
 _NEXT_UNLEASED = {
     phase: f"""
-    SELECT due_at FROM jobs INDEXED BY {index}
-    WHERE {where} AND lease_expires_at IS NULL
+    SELECT due_at FROM jobs INDEXED BY {_PHASE_INDEX[phase]}
+    WHERE {_PHASE_WHERE[phase]} AND lease_expires_at IS NULL
     ORDER BY due_at, submitted_at, key LIMIT 1"""  # noqa: S608
-    for phase, where, index in (
-        (Phase.POLL, _PHASE_WHERE[Phase.POLL], "jobs_poll_due"),
-        (Phase.TRANSFER, _PHASE_WHERE[Phase.TRANSFER], "jobs_transfer_due"),
-    )
+    for phase in Phase
 }
 _NEXT_LEASE_END = """
     SELECT MIN(MAX(due_at, lease_expires_at)) AS next FROM jobs INDEXED BY jobs_leased

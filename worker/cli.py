@@ -229,9 +229,8 @@ async def _submit(
             dest = parse_dest(dest, base_url=settings.dest_url).url
         except ConfigError as exc:
             raise ConfigError(f"--dest: {exc.message}") from None
-    store = await open_store(settings.store_url, pool_size=settings.pg_pool_size)
     log = structlog.get_logger("worker.cli")
-    try:
+    async with _opened(settings) as store:
         now = time.time()
         for start in range(0, len(keys), SUBMIT_BATCH):
             batch = keys[start : start + SUBMIT_BATCH]
@@ -247,8 +246,6 @@ async def _submit(
                         "submit --force queues it again",
                         file=sys.stderr,
                     )
-    finally:
-        await store.close()
     return EXIT_OK
 
 
@@ -277,8 +274,7 @@ async def _status(
         for key in keys:
             print(f"asset-worker: unknown job {key}", file=sys.stderr)
         return EXIT_FAILURE if keys else EXIT_OK
-    store = await open_store(settings.store_url, pool_size=settings.pg_pool_size)
-    try:
+    async with _opened(settings) as store:
         if as_json and not keys and states is None and limit is None:
             await _print_all_as_json(store)
             return EXIT_OK
@@ -286,8 +282,6 @@ async def _status(
             jobs = [j for j in await store.get(keys) if states is None or j.state in states][:limit]
         else:
             jobs = await store.list_jobs(states=states, limit=limit)
-    finally:
-        await store.close()
     missing = sorted({str(k) for k in keys} - {str(j.key) for j in jobs}) if states is None else []
     if as_json:
         print(json.dumps([job_to_json(j) for j in jobs], indent=2))

@@ -49,6 +49,7 @@ class Sample:
     submit_s: float | None = None  # asset-worker only: every ``submit`` call, outside ``seconds``
     first_done_s: float | None = None  # queue rows: spawn to the first job finished
     ready: int | None = None  # queue rows: jobs polled ready by the time the rate's last job finished
+    store_tx: int | None = None  # many-small rows: store transactions of ``run`` (None: not known)
 
     @property
     def ok(self) -> bool:
@@ -62,6 +63,33 @@ class Sample:
 
 # One run of a contender in a fresh work directory.
 Go = Callable[[Path], Sample]
+
+# The worker's JSON log lines, which ``run`` writes to stdout (what ``auto`` picks on a pipe anyway),
+# are what the harness reads: ``job_finished`` in the queue rows, ``runner_stopped`` in the others.
+JSON_LOGS: Final = {"ASSET_WORKER_LOG_FORMAT": "json"}
+_STOPPED: Final = '"runner_stopped"'
+
+# How the store transactions of one ``run`` are counted: called with the worker's environment just
+# before ``run`` starts; what it returns is called with what ``run`` printed once it has exited.
+TxCount = Callable[[Mapping[str, str]], Callable[[str], int | None]]
+
+
+def logged_store_transactions(out: str) -> int | None:
+    """``store_transactions`` of the worker's last ``runner_stopped`` JSON log line; None without it."""
+    for line in reversed(out.splitlines()):
+        if _STOPPED not in line:
+            continue
+        try:
+            value = json.loads(line).get("store_transactions")
+        except (ValueError, AttributeError):
+            return None
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+    return None
+
+
+def tx_from_log(_env: Mapping[str, str]) -> Callable[[str], int | None]:
+    """``TxCount`` from the worker's own log: what its store committed or rolled back."""
+    return logged_store_transactions
 
 
 def sample_of(run: Measured, error: str | None) -> Sample:
@@ -281,23 +309,32 @@ def asset_worker(
     *,
     env: dict[str, str] | None = None,
     check_copy: CopyCheck = check_local_copy,
+    count_tx: TxCount | None = None,
 ) -> Sample:
     """Submit every job key, then time ``run --until-idle --no-http`` from spawn to exit; check the copies.
 
-    ``env``: the worker's environment (default: ``ctx.worker_env(workdir)``, SQLite and local disk)."""
-    env = env or ctx.worker_env(workdir)
-    log_path = workdir / "worker.log"  # the worker logs to stderr, as under a service manager
+    ``env``: the worker's environment (default: ``ctx.worker_env(workdir)``, SQLite and local disk).
+    ``count_tx``: how to count the store transactions of ``run`` (default: not counted)."""
+    env = (env or ctx.worker_env(workdir)) | JSON_LOGS
+    log_path = workdir / "worker.log"  # submit's and status's logs (stderr); run's log is its stdout
     with log_path.open("ab") as log:
         submit_s, error = submit(ctx, env, list(jobs), log)
         if error is not None:
             return Sample.failed(error, submit_s=submit_s)
         total_bytes = sum(f.size for f in jobs.values())
         argv = [ctx.programs["asset-worker"], "run", "--until-idle", "--no-http"]
+        counted = None if count_tx is None else count_tx(env)
         run = ctx.measure(argv, ctx.timeout_s(len(jobs), total_bytes), log, env)
+        store_tx = None if counted is None else counted(run.out)
         log.flush()
         error = _failed(run, log_path) or check_worker(ctx, env, jobs, log, check_copy=check_copy)
     return Sample(
-        seconds=run.wall_s, cpu_s=run.cpu_s, peak_rss_mib=run.peak_rss_mib, error=error, submit_s=submit_s
+        seconds=run.wall_s,
+        cpu_s=run.cpu_s,
+        peak_rss_mib=run.peak_rss_mib,
+        error=error,
+        submit_s=submit_s,
+        store_tx=store_tx,
     )
 
 

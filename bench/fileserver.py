@@ -3,7 +3,8 @@ loopback port, with its own prefix, configuration, pid file and error log in a t
 
 The bytes come from ``worker.simulator.content`` (one seed per file, so no two files are alike and the
 worker's reuse of identical copies never kicks in); each file's sha256 is computed while it is written.
-One file, ``f/same.bin``, is also served under every name below ``/same/``, for the queue rows.
+One file, ``f/same.bin``, is also served under every name below ``/same/``, for the queue rows; the
+directory ``f/many/`` is also listed (``autoindex``), so rclone's http backend can copy it whole.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from worker.simulator.content import iter_content
 
 _START_TIMEOUT_S: Final = 15.0
 SHARED_NAME: Final = "same.bin"
+LISTED_DIR: Final = "many"  # under f/: the one directory nginx lists
 _TEMP_PATH_FLAG = re.compile(r"--http-([a-z-]+)-temp-path=")
 
 
@@ -37,6 +39,11 @@ class ServedFile:
     @property
     def path(self) -> str:
         return f"/f/{self.name}"
+
+
+def listed_path() -> str:
+    """The URL path of the directory nginx lists, with its trailing slash."""
+    return f"/f/{LISTED_DIR}/"
 
 
 def shared_path(name: str) -> str:
@@ -95,6 +102,10 @@ http {{
         # its own URL, needs no 100,000 files (the worker reuses no copy: cloudlayer publishes no sha256).
         location /same/ {{
             try_files /f/{SHARED_NAME} =404;
+        }}
+        # The files of many_small_s3, listed for rclone copy --http-url (its http backend reads links).
+        location /f/{LISTED_DIR}/ {{
+            autoindex on;
         }}
     }}
 }}

@@ -33,8 +33,6 @@ from common import Simulator, live_usage
 from contenders import Context, Sample
 from fileserver import ServedFile, shared_path
 
-# JSON log lines are what this parent counts; every other setting stays the run's.
-_JSON_LOGS: Final = {"ASSET_WORKER_LOG_FORMAT": "json"}
 _FINISHED: Final = b'"job_finished"'
 _READY: Final = b'"job_ready"'  # a poll found the job finished at the vendor: it waits for a transfer
 
@@ -95,7 +93,7 @@ class _Tally:
 def run_case(ctx: Context, workdir: Path, case: QueueCase, shared: ServedFile) -> Sample:
     """Submit ``case.queued`` jobs, run until ``case.measured`` finished, stop, check those jobs."""
     with case.store.fresh() as store_env:
-        env = ctx.worker_env(workdir) | _JSON_LOGS | store_env
+        env = ctx.worker_env(workdir) | run_one.JSON_LOGS | store_env
         log_path = workdir / "worker.log"
         with log_path.open("ab") as log:
             submitted, error = run_one.submit_file(ctx, env, job_keys(case.queued), workdir, log)

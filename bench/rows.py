@@ -11,11 +11,11 @@ import sys
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import contenders as run_one
 from common import human
-from contenders import Context, Sample
+from contenders import Context, Go, Sample
 from fileserver import ServedFile
 
 # --- what a row is -------------------------------------------------------------------------------------
@@ -51,6 +51,14 @@ class Target:
     met: Callable[[float], bool]
 
 
+def at_least(bound: float) -> Callable[[float], bool]:
+    return lambda value: value >= bound
+
+
+def below(bound: float) -> Callable[[float], bool]:
+    return lambda value: value < bound
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Row:
     key: str
@@ -61,6 +69,7 @@ class Row:
     contenders: list[Contender]
     cpu_per: int = 1  # CPU seconds are shown per this many files (or jobs)
     cpu_label: str = "CPU s/file"  # the CPU column's heading when ``cpu_per`` > 1
+    counts_store_tx: bool = False  # per job (``cpu_per`` jobs): the worker's store transactions of run
     ratio_text: str = "asset-worker's median / the peer's median: above 1, asset-worker is faster"
     # The ratios to show; empty: every worker contender over every peer.
     compare: tuple[Ratio, ...] = ()
@@ -89,53 +98,51 @@ class Row:
         )
 
 
-def many_small_row(ctx: Context, files: list[ServedFile], runs: int, concurrency: str) -> Row:
-    jobs = {job_key(f): f for f in files}
-    size = human(files[0].size) if files else "0 B"
+WORKER_RUN: Final = "asset-worker run --until-idle --no-http"
+
+
+def worker_run(go: Go) -> Contender:
+    """asset-worker as its user runs it: ``submit``, then ``run --until-idle --no-http``."""
+    return Contender("worker", WORKER_RUN, go, is_worker=True)
+
+
+def large_row(
+    key: str,
+    file: ServedFile,
+    runs: int,
+    contenders: list[Contender],
+    *,
+    where: str = "",
+    footer: Callable[[Mapping[str, Any]], list[str]] | None = None,
+    facts: Mapping[str, Any] | None = None,
+) -> Row:
+    """One job of one large file, in MB/s; ``where`` ends the title (", into S3 ...")."""
     return Row(
-        key="many_small",
-        title=f"many small assets: {len(files)} files of {size}, one job each, concurrency {concurrency}",
-        unit="files/s",
-        value=lambda s: len(files) / s.seconds,
+        key=key,
+        title=f"one large file{where}: {human(file.size)} ({file.size} bytes), one job",
+        unit="MB/s",
+        value=lambda s: file.size / s.seconds / 1e6,
         runs=runs,
-        cpu_per=len(files),
-        contenders=[
-            Contender(
-                "worker",
-                "asset-worker run --until-idle --no-http",
-                lambda d: run_one.asset_worker(ctx, d, jobs),
-                True,
-            ),
-            Contender(
-                "aria2c", "aria2c -i LIST -j 16 (sha-256 each)", lambda d: run_one.aria2c_list(ctx, d, files)
-            ),
-        ],
-        facts={"files": len(files), "file_bytes": files[0].size if files else 0, "concurrency": concurrency},
+        contenders=contenders,
+        footer=footer,
+        facts={"bytes": file.size, **(facts or {})},
     )
 
 
 def large_file_row(ctx: Context, file: ServedFile, runs: int) -> Row:
     jobs = {job_key(file): file}
-    return Row(
-        key="large_file",
-        title=f"one large file: {human(file.size)} ({file.size} bytes), one job",
-        unit="MB/s",
-        value=lambda s: file.size / s.seconds / 1e6,
-        runs=runs,
-        contenders=[
-            Contender(
-                "worker",
-                "asset-worker run --until-idle --no-http",
-                lambda d: run_one.asset_worker(ctx, d, jobs),
-                True,
-            ),
+    return large_row(
+        "large_file",
+        file,
+        runs,
+        [
+            worker_run(lambda d: run_one.asset_worker(ctx, d, jobs)),
             Contender("curl", "curl -sS -o FILE URL", lambda d: run_one.curl_one(ctx, d, file)),
             Contender(
                 "aria2c", "aria2c -x1 -s1 --checksum=sha-256", lambda d: run_one.aria2c_one(ctx, d, file)
             ),
             Contender("rclone", "rclone copyurl URL FILE", lambda d: run_one.rclone_one(ctx, d, file)),
         ],
-        facts={"bytes": file.size},
     )
 
 
@@ -213,6 +220,9 @@ def summarise(row: Row, contender: Contender, samples: list[Sample]) -> dict[str
     }
     if row.cpu_per > 1:
         summary["median_cpu_s_per_file"] = _median([s.cpu_s / row.cpu_per for s in good])
+    if row.counts_store_tx and contender.is_worker:  # None when the runs did not tell
+        counted = [s.store_tx / row.cpu_per for s in good if s.store_tx is not None]
+        summary["median_store_tx_per_job"] = _median(counted)
     if any(s.submit_s is not None for s in samples):
         summary["median_submit_s"] = _median([s.submit_s for s in good if s.submit_s is not None])
     if any(s.first_done_s is not None for s in good):

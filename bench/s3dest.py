@@ -1,6 +1,7 @@
-"""The one-large-file-into-S3 row's contenders and their checks: asset-worker with
-``ASSET_WORKER_DEST=s3://BUCKET/PREFIX`` against ``rclone copyurl URL :s3:BUCKET/KEY``, both sending
-the file nginx serves to the same S3 server on loopback, each run under a prefix of its own.
+"""The S3 rows' contenders and their checks: asset-worker with ``ASSET_WORKER_DEST=s3://BUCKET/PREFIX``
+against rclone (``rclone copyurl URL :s3:BUCKET/KEY`` for one large file, ``rclone copy --http-url
+DIR_URL :http: :s3:BUCKET/PREFIX`` for many files), both sending what nginx serves to the same S3
+server on loopback, each run under a prefix of its own.
 
 Both are configured by environment variables only, for that server and nothing else: the shell's
 ``AWS_*`` and ``RCLONE_*`` variables are dropped, and the AWS and rclone configuration files are
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Final
 
 import contenders as run_one
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from tests.s3server import S3Server
 
 REGION: Final = "us-east-1"
+RCLONE_TRANSFERS: Final = 16  # rclone copy's files at once: as many as aria2c's -j 16
 _READ_BYTES: Final = 1 << 20
 
 
@@ -89,9 +91,9 @@ class Bucket:
             raise BenchError(f"the S3 server failed while clearing {prefix}: {exc}") from exc
 
     def _clear(self, prefix: str) -> None:
-        listed = self._client.list_objects_v2(Bucket=self.name, Prefix=prefix)
-        for item in listed.get("Contents", []):
-            self._client.delete_object(Bucket=self.name, Key=item["Key"])
+        for page in self._client.get_paginator("list_objects_v2").paginate(Bucket=self.name, Prefix=prefix):
+            for item in page.get("Contents", []):
+                self._client.delete_object(Bucket=self.name, Key=item["Key"])
         uploads = self._client.list_multipart_uploads(Bucket=self.name, Prefix=prefix)
         for upload in uploads.get("Uploads", []):
             key, upload_id = upload["Key"], upload["UploadId"]
@@ -165,26 +167,71 @@ def run_prefix(workdir: Path) -> str:
     return f"bench/{workdir.name}"
 
 
-def asset_worker(ctx: Context, workdir: Path, bucket: Bucket, jobs: Mapping[str, ServedFile]) -> Sample:
+def asset_worker(
+    ctx: Context,
+    workdir: Path,
+    bucket: Bucket,
+    jobs: Mapping[str, ServedFile],
+    count_tx: run_one.TxCount | None = None,
+) -> Sample:
     """``run_one.asset_worker`` with the S3 destination; each receipt's object read back."""
     prefix = run_prefix(workdir)
     try:
         env = worker_env(ctx, workdir, bucket.server, prefix)
-        return run_one.asset_worker(ctx, workdir, jobs, env=env, check_copy=bucket.check_asset)
+        return run_one.asset_worker(
+            ctx, workdir, jobs, env=env, check_copy=bucket.check_asset, count_tx=count_tx
+        )
     finally:
         bucket.clear(prefix + "/")
 
 
 def rclone(ctx: Context, workdir: Path, bucket: Bucket, file: ServedFile) -> Sample:
     """``rclone copyurl URL :s3:BUCKET/KEY``, then the object read back."""
+    copy = [
+        "copyurl",
+        ctx.base_url + file.path,
+        f":s3:{bucket.name}/{run_prefix(workdir)}/{_object_name(file)}",
+    ]
+    return _rclone(ctx, workdir, bucket, copy, [file])
+
+
+def rclone_dir(ctx: Context, workdir: Path, bucket: Bucket, files: list[ServedFile], url_path: str) -> Sample:
+    """``rclone copy --http-url DIR_URL :http: :s3:BUCKET/PREFIX --transfers 16``: every file of the
+    directory nginx lists at ``url_path`` (``files``, nothing else), then each object read back."""
+    target = f":s3:{bucket.name}/{run_prefix(workdir)}"
+    copy = [
+        "copy",
+        "--http-url",
+        ctx.base_url + url_path,
+        ":http:",
+        target,
+        "--transfers",
+        str(RCLONE_TRANSFERS),
+    ]
+    return _rclone(ctx, workdir, bucket, copy, files)
+
+
+def _object_name(file: ServedFile) -> str:
+    """The name rclone gives a file's object under the run's prefix: its own, without directories."""
+    return PurePosixPath(file.name).name
+
+
+def _rclone(ctx: Context, workdir: Path, bucket: Bucket, args: list[str], files: list[ServedFile]) -> Sample:
+    """rclone with ``args`` (which write under the run's prefix), then every file's object read back."""
     prefix = run_prefix(workdir)
-    key = f"{prefix}/{file.name}"
-    argv = [ctx.programs["rclone"], "copyurl", ctx.base_url + file.path, f":s3:{bucket.name}/{key}"]
     log_path = workdir / "stderr.log"
+    timeout_s = ctx.timeout_s(len(files), sum(f.size for f in files))
     try:
         with log_path.open("wb") as log:
-            run = ctx.measure(argv, ctx.timeout_s(1, file.size), log, rclone_env(workdir, bucket.server))
-        error = run_one.exit_problem(run.code, log_path, run.out) or bucket.check(key, file)
+            run = ctx.measure(
+                [ctx.programs["rclone"], *args], timeout_s, log, rclone_env(workdir, bucket.server)
+            )
+        error = run_one.exit_problem(run.code, log_path, run.out) or _check_all(bucket, prefix, files)
     finally:
         bucket.clear(prefix + "/")
-    return Sample(seconds=run.wall_s, cpu_s=run.cpu_s, peak_rss_mib=run.peak_rss_mib, error=error)
+    return run_one.sample_of(run, error)
+
+
+def _check_all(bucket: Bucket, prefix: str, files: list[ServedFile]) -> str | None:
+    problems = [p for f in files if (p := bucket.check(f"{prefix}/{_object_name(f)}", f)) is not None]
+    return run_one.summarise_problems(problems, len(files))

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
@@ -17,7 +17,7 @@ from common import human
 from contenders import Context, Sample
 from fileserver import ServedFile
 from queuescale import QueueCase
-from rows import Contender, Ratio, Row, Target, job_key
+from rows import Contender, Ratio, Row, Target, at_least, below, job_key, large_row, worker_run
 
 # The targets.
 RATIO_TARGET: Final = 0.9  # rate with the long queue / rate with the short one
@@ -67,7 +67,7 @@ def queue_scale_row(
         ],
         compare=(Ratio("long_queue/short_queue", "long_queue", "short_queue", shown_on="long_queue"),),
         ratio_text=f"rate with {long.queued:,} jobs queued / rate with {short.queued:,} queued: 1 is flat",
-        targets=(Target("long_queue/short_queue", f">= {RATIO_TARGET}", _at_least(RATIO_TARGET)),),
+        targets=(Target("long_queue/short_queue", f">= {RATIO_TARGET}", at_least(RATIO_TARGET)),),
         footer=lambda result: [
             *_queue_footer(result),
             f"settings of this row: ASSET_WORKER_LOG_FORMAT=json (its job_finished lines are counted), "
@@ -104,14 +104,6 @@ def _queue_footer(result: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def _at_least(bound: float) -> Callable[[float], bool]:
-    return lambda value: value >= bound
-
-
-def _below(bound: float) -> Callable[[float], bool]:
-    return lambda value: value < bound
-
-
 # --- submit and status at scale ------------------------------------------------------------------------
 
 
@@ -142,9 +134,9 @@ def submit_status_row(ctx: Context, scratch: Path, counts: tuple[int, int], runs
         ),
         ratio_text=f"peak RSS of status --json over {large:,} jobs / over {small:,}: 1 is flat",
         targets=(
-            Target("submit_large", f"< {SUBMIT_TARGET_S:.0f} s", _below(SUBMIT_TARGET_S)),
+            Target("submit_large", f"< {SUBMIT_TARGET_S:.0f} s", below(SUBMIT_TARGET_S)),
             Target(
-                "status_large/status_small", f"< {STATUS_FLAT_RSS_RATIO:.2f}", _below(STATUS_FLAT_RSS_RATIO)
+                "status_large/status_small", f"< {STATUS_FLAT_RSS_RATIO:.2f}", below(STATUS_FLAT_RSS_RATIO)
             ),
         ),
         facts={"jobs": [small, large]},
@@ -204,23 +196,17 @@ def _count_problem(ctx: Context, printed: Path, count: int) -> str | None:
 
 def large_s3_row(ctx: Context, bucket: s3dest.Bucket, file: ServedFile, runs: int, server_name: str) -> Row:
     jobs = {job_key(file): file}
-    return Row(
-        key="large_file_s3",
-        title=f"one large file into S3: {human(file.size)} ({file.size} bytes), one job, into {server_name}",
-        unit="MB/s",
-        value=lambda s: file.size / s.seconds / 1e6,
-        runs=runs,
-        contenders=[
-            Contender(
-                "worker",
-                "asset-worker run --until-idle --no-http",
-                lambda d: s3dest.asset_worker(ctx, d, bucket, jobs),
-                True,
-            ),
+    return large_row(
+        "large_file_s3",
+        file,
+        runs,
+        [
+            worker_run(lambda d: s3dest.asset_worker(ctx, d, bucket, jobs)),
             Contender(
                 "rclone", "rclone copyurl URL :s3:BUCKET/KEY", lambda d: s3dest.rclone(ctx, d, bucket, file)
             ),
         ],
+        where=f" into S3 ({server_name})",
         footer=lambda _: s3dest.described_settings(bucket.server),
-        facts={"bytes": file.size, "s3_server": server_name},
+        facts={"s3_server": server_name},
     )

@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import peers
 from common import BenchError
+from contenders import TxCount
 
 if TYPE_CHECKING:
     from tests.pgserver import PgServer
@@ -64,9 +65,59 @@ def fresh_database(server: PgServer) -> Iterator[dict[str, str]]:
     try:
         yield {"ASSET_WORKER_STORE": url}
     finally:
-        name = url.rsplit("/", 1)[1]
+        name = database_name(url)
         with contextlib.suppress(Exception):  # a failed drop leaves a database behind, not a wrong result
             asyncio.run(execute(server.url(), f'DROP DATABASE "{name}" WITH (FORCE)'))
+
+
+# How long the store's connections may take to end once the worker has exited.
+_BACKENDS_GONE_S: Final = 10.0
+_POLL_S: Final = 0.02
+
+
+def database_name(url: str) -> str:
+    """The database a URL made by ``fresh_database`` names."""
+    return url.rsplit("/", 1)[1]
+
+
+def transaction_counter(server: PgServer) -> TxCount:
+    """``TxCount`` from the server's side: ``xact_commit + xact_rollback`` of the run's database in
+    ``pg_stat_database``, before ``run`` and after it; each read waits for the database's connections
+    to end first (a backend flushes its counters when it exits), so no transaction is left out and
+    none of ``submit``'s counts."""
+
+    def start(env: Mapping[str, str]) -> Callable[[str], int | None]:
+        database = database_name(env["ASSET_WORKER_STORE"])
+        before = transactions(server, database)
+        return lambda _out: transactions(server, database) - before
+
+    return start
+
+
+def transactions(server: PgServer, database: str) -> int:
+    """Transactions committed or rolled back in ``database`` so far, read over a connection to
+    another database (``postgres``), so reading them adds none."""
+    try:
+        return asyncio.run(_transactions(server.url(), database))
+    except Exception as exc:  # asyncpg's errors and the network's: the server, not a contender, failed
+        raise BenchError(f"PostgreSQL: could not read pg_stat_database: {exc}") from exc
+
+
+async def _transactions(url: str, database: str) -> int:
+    import asyncpg
+
+    conn = await asyncpg.connect(url, timeout=10)
+    try:
+        active = "SELECT count(*) FROM pg_stat_activity WHERE datname = $1"
+        for _ in range(int(_BACKENDS_GONE_S / _POLL_S)):
+            if not await conn.fetchval(active, database):
+                break
+            await asyncio.sleep(_POLL_S)
+        await conn.execute("SELECT pg_stat_clear_snapshot()")  # no cached figures: the current ones
+        counted = "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = $1"
+        return int(await conn.fetchval(counted, database) or 0)
+    finally:
+        await conn.close()
 
 
 def seaweedfs(stack: contextlib.ExitStack, workdir: Path) -> S3Server:

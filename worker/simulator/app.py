@@ -18,15 +18,19 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from worker.simulator.account_helpers import AccountHelpers
 from worker.simulator.cloudlayer import setup_cloudlayer
 from worker.simulator.cloudlayer_jobs import SimJob
+from worker.simulator.cloudlayer_list import setup_cloudlayer_list
 from worker.simulator.control import setup_control
+from worker.simulator.control_accounts import setup_control_accounts
 from worker.simulator.faults import FaultRule
 from worker.simulator.files import setup_files
 from worker.simulator.filestore import signed_url
 from worker.simulator.layers import setup_layers
 from worker.simulator.layers_content import LayersAsset, LayersContainer
 from worker.simulator.layers_jobs import LayersJob
+from worker.simulator.layers_list import setup_layers_list
 from worker.simulator.middleware import ERROR_RENDERERS_KEY, upstream_middleware
 from worker.simulator.requestlog import RequestRecord
 from worker.simulator.state import (
@@ -50,8 +54,10 @@ def build_app(state: SimulatorState) -> web.Application:
     app[STATE_KEY] = state
     app[ERROR_RENDERERS_KEY] = {}
     setup_cloudlayer(app)
+    setup_cloudlayer_list(app)
     setup_files(app)
     setup_control(app)
+    setup_control_accounts(app)
     return app
 
 
@@ -61,13 +67,15 @@ def build_layers_app(state: SimulatorState) -> web.Application:
     app[STATE_KEY] = state
     app[ERROR_RENDERERS_KEY] = {}
     setup_layers(app)
+    setup_layers_list(app)
     setup_files(app)
     return app
 
 
 @dataclass(frozen=True, slots=True)
-class Simulator:
-    """A running simulator: its base URLs, its state, and helpers for tests in the same event loop."""
+class Simulator(AccountHelpers):
+    """A running simulator: its base URLs, its state, and helpers for tests in the same event loop (those
+    for whole accounts, mirror mode, come from ``AccountHelpers``)."""
 
     url: str  # cloudlayer API, file host and the /_sim/ control API
     state: SimulatorState

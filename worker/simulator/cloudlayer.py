@@ -15,7 +15,7 @@ from worker.simulator.filestore import signed_url
 from worker.simulator.middleware import ERROR_RENDERERS_KEY
 from worker.simulator.state import STATE_KEY
 
-__all__ = ["cloudlayer_error", "setup_cloudlayer"]
+__all__ = ["cloudlayer_error", "minter", "setup_cloudlayer", "unauthorized"]
 
 # imageType values cloudlayer accepts for image conversions, mapped to our file extensions.
 _IMAGE_TYPES = {"png": "png", "jpg": "jpg", "jpeg": "jpg", "webp": "webp"}
@@ -26,7 +26,7 @@ def cloudlayer_error(status: int, message: str) -> web.Response:
     return web.json_response({"statusCode": status, "message": message}, status=status)
 
 
-def _unauthorized(request: web.Request) -> web.Response | None:
+def unauthorized(request: web.Request) -> web.Response | None:
     """The 401 answer when the request lacks an accepted ``X-API-Key``, else None."""
     keys = request.app[STATE_KEY].cloudlayer_api_keys
     if request.headers.get("X-API-Key") in keys:
@@ -34,7 +34,7 @@ def _unauthorized(request: web.Request) -> web.Response | None:
     return cloudlayer_error(401, "Unauthorized")
 
 
-def _minter(request: web.Request) -> UrlMinter:
+def minter(request: web.Request) -> UrlMinter:
     """Signed URLs on the host the client reached us at, so they work behind any bound address."""
     state = request.app[STATE_KEY]
     base = f"{request.scheme}://{request.host}"
@@ -48,24 +48,24 @@ def _minter(request: web.Request) -> UrlMinter:
 
 async def get_job(request: web.Request) -> web.Response:
     """``GET /v{1,2}/jobs/:id``."""
-    if (denied := _unauthorized(request)) is not None:
+    if (denied := unauthorized(request)) is not None:
         return denied
     state = request.app[STATE_KEY]
     job = state.cloudlayer.jobs.get(request.match_info["job_id"])
     if job is None:
         return cloudlayer_error(404, "Not Found")
-    return web.json_response(job_json(job, state.clock(), _minter(request)))
+    return web.json_response(job_json(job, state.clock(), minter(request)))
 
 
 async def get_asset(request: web.Request) -> web.Response:
-    """``GET /v{1,2}/assets/:id``; an asset exists only once its job has succeeded."""
-    if (denied := _unauthorized(request)) is not None:
+    """``GET /v{1,2}/assets/:id``; an asset exists once its job has succeeded, until it expires."""
+    if (denied := unauthorized(request)) is not None:
         return denied
     state = request.app[STATE_KEY]
     job = state.cloudlayer.by_asset(request.match_info["asset_id"])
-    if job is None or job.outcome_at(state.clock()) != "success":
+    if job is None or not state.cloudlayer_account.alive(job, state.clock()):
         return cloudlayer_error(404, "Not Found")
-    return web.json_response(asset_json(job, _minter(request)))
+    return web.json_response(asset_json(job, minter(request)))
 
 
 async def _json_body(request: web.Request) -> dict[str, object] | None:
@@ -82,7 +82,7 @@ async def _json_body(request: web.Request) -> dict[str, object] | None:
 
 async def convert(request: web.Request) -> web.Response:
     """``POST /v2/{url|html|template}/{pdf|image}``: a new pending job with seeded size and duration."""
-    if (denied := _unauthorized(request)) is not None:
+    if (denied := unauthorized(request)) is not None:
         return denied
     body = await _json_body(request)
     if body is None:

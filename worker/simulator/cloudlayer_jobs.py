@@ -24,6 +24,7 @@ __all__ = [
     "SimJob",
     "UrlMinter",
     "asset_json",
+    "default_seed",
     "format_timestamp",
     "job_json",
     "job_status",
@@ -100,7 +101,7 @@ class SimJob:
         return self.outcome
 
 
-def _default_seed(job_id: str) -> int:
+def default_seed(job_id: str) -> int:
     # Derived from the id so a job re-created with the same id (e.g. after a reset) has the same bytes.
     return int.from_bytes(hashlib.sha256(job_id.encode()).digest()[:8], "big")
 
@@ -155,7 +156,7 @@ def parse_job_spec(
     job = SimJob(
         id=job_id,
         asset_id=asset_id,
-        seed=reader.integer("seed", _default_seed(job_id)),
+        seed=reader.integer("seed", default_seed(job_id)),
         size=reader.integer("size", 50_000, minimum=0),
         ext=ext,
         pending_s=reader.opt_number("pending_s", 0.2),

@@ -19,7 +19,7 @@ from worker.simulator.layers_content import LayersContainer, asset_sha256
 from worker.simulator.specs import SpecConflict, SpecError, SpecNotFound
 from worker.simulator.state import STATE_KEY
 
-__all__ = ["setup_control"]
+__all__ = ["control_error", "object_body", "setup_control", "spec_errors"]
 
 Handler = Callable[[web.Request], Awaitable[web.Response]]
 
@@ -28,11 +28,11 @@ Handler = Callable[[web.Request], Awaitable[web.Response]]
 _EAGER_SHA256_MAX_BYTES = 64 << 20
 
 
-def _error(status: int, message: str) -> web.Response:
+def control_error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
-async def _object_body(request: web.Request) -> dict[str, object]:
+async def object_body(request: web.Request) -> dict[str, object]:
     """The body as a JSON object; ``SpecError`` otherwise."""
     try:
         body = json.loads(await request.read() or b"{}")
@@ -43,18 +43,18 @@ async def _object_body(request: web.Request) -> dict[str, object]:
     return body
 
 
-def _spec_errors(handler: Handler) -> Handler:
+def spec_errors(handler: Handler) -> Handler:
     """Turn spec mistakes into 400/409 JSON answers instead of tracebacks."""
 
     async def wrapped(request: web.Request) -> web.Response:
         try:
             return await handler(request)
         except SpecConflict as exc:
-            return _error(409, str(exc))
+            return control_error(409, str(exc))
         except SpecNotFound as exc:
-            return _error(404, str(exc))
+            return control_error(404, str(exc))
         except SpecError as exc:
-            return _error(400, str(exc))
+            return control_error(400, str(exc))
 
     return wrapped
 
@@ -66,10 +66,10 @@ def _cloudlayer_job_json(job: SimJob) -> dict[str, object]:
     return {"id": job.id, "asset_id": job.asset_id, **origin, "size": job.size, "ext": job.ext}
 
 
-@_spec_errors
+@spec_errors
 async def create_cloudlayer_job(request: web.Request) -> web.Response:
     """``POST /_sim/cloudlayer/jobs``: a job with full control over its timing, outcome and shape."""
-    job = request.app[STATE_KEY].add_cloudlayer_job(await _object_body(request))
+    job = request.app[STATE_KEY].add_cloudlayer_job(await object_body(request))
     return web.json_response(_cloudlayer_job_json(job), status=201)
 
 
@@ -90,43 +90,43 @@ async def _layers_assets_json(container: LayersContainer) -> dict[str, object]:
     return {"id": container.id, "assets": assets}
 
 
-@_spec_errors
+@spec_errors
 async def create_layers_container(request: web.Request) -> web.Response:
     """``POST /_sim/layers/containers``: a container with its timing, outcome, assets and quirks."""
-    container = request.app[STATE_KEY].add_layers_container(await _object_body(request))
+    container = request.app[STATE_KEY].add_layers_container(await object_body(request))
     return web.json_response(await _layers_assets_json(container), status=201)
 
 
-@_spec_errors
+@spec_errors
 async def create_layers_job(request: web.Request) -> web.Response:
     """``POST /_sim/layers/jobs``: a job with a new container (``container``) or an existing one."""
     state = request.app[STATE_KEY]
-    job = state.add_layers_job(await _object_body(request))
+    job = state.add_layers_job(await object_body(request))
     return web.json_response({"jobId": job.id, "containerId": f"cnt_{job.container_uuid}"}, status=201)
 
 
-@_spec_errors
+@spec_errors
 async def regenerate_layers_container(request: web.Request) -> web.Response:
     """``POST /_sim/layers/containers/:id/regenerate``: the new asset list."""
     state = request.app[STATE_KEY]
     container = state.regenerate_layers_container(
-        request.match_info["container_id"], await _object_body(request)
+        request.match_info["container_id"], await object_body(request)
     )
     return web.json_response(await _layers_assets_json(container))
 
 
-@_spec_errors
+@spec_errors
 async def put_layers_key(request: web.Request) -> web.Response:
     """``PUT /_sim/layers/keys``: accept a key with the given scopes (default: content:read, jobs:read)."""
-    body = await _object_body(request)
+    body = await object_body(request)
     scopes = request.app[STATE_KEY].set_layers_key(body)
     return web.json_response({"key": body["key"], "scopes": sorted(scopes)})
 
 
-@_spec_errors
+@spec_errors
 async def put_layers_rate(request: web.Request) -> web.Response:
     """``PUT /_sim/layers/rate``: ``{"tier"?, "reads_per_min"?}``; null reads_per_min disables the limit."""
-    limits = request.app[STATE_KEY].layers_rate.configure(await _object_body(request))
+    limits = request.app[STATE_KEY].layers_rate.configure(await object_body(request))
     return web.json_response(limits)
 
 
@@ -135,10 +135,10 @@ async def get_layers_rate(request: web.Request) -> web.Response:
     return web.json_response(request.app[STATE_KEY].layers_rate.to_json())
 
 
-@_spec_errors
+@spec_errors
 async def add_fault(request: web.Request) -> web.Response:
     """``POST /_sim/faults``."""
-    rule = request.app[STATE_KEY].faults.add(await _object_body(request))
+    rule = request.app[STATE_KEY].faults.add(await object_body(request))
     return web.json_response({"id": rule.id}, status=201)
 
 
@@ -155,7 +155,7 @@ async def clear_faults(request: web.Request) -> web.Response:
 async def delete_fault(request: web.Request) -> web.Response:
     """``DELETE /_sim/faults/:id``."""
     if not request.app[STATE_KEY].faults.remove(request.match_info["fault_id"]):
-        return _error(404, "no such fault rule")
+        return control_error(404, "no such fault rule")
     return web.json_response({"cleared": 1})
 
 

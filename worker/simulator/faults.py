@@ -4,12 +4,14 @@ A rule targets a route (``"cloudlayer.job"``, ``"cloudlayer.asset"``, ``"cloudla
 a family such as ``"cloudlayer.*"``, or ``"*"``), optionally only requests whose path contains ``match``. It
 fires either for the next ``count`` matching requests or, with ``probability``, forever (drawn from a
 per-rule seeded RNG so a run is reproducible) until the rules are cleared. Rules are tried in the order they
-were added; the first one that fires wins, so one request suffers at most one fault.
+were added; the first one that fires wins, so one request suffers at most one fault. ``after`` lets the
+first N matching requests through untouched (e.g. to fail the third page of a list walk).
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import random
 from collections.abc import Mapping
@@ -27,13 +29,16 @@ __all__ = [
     "parse_fault_rule",
 ]
 
-# Kinds any route can suffer: they happen before the handler runs.
-GENERIC_KINDS = ("status", "reset", "stall")
+# Kinds any route can suffer: they happen before the handler runs ("malformed" instead of it: a 200 whose
+# body is not the documented shape, e.g. an object where a list answers an array).
+GENERIC_KINDS = ("status", "reset", "stall", "malformed")
 # Kinds that only make sense where a file body is served.
 FILE_KINDS = ("truncate", "wrong_bytes", "short_body", "expired", "replaced", "stall_body", "reset_body")
 KINDS = GENERIC_KINDS + FILE_KINDS
 # Routes that serve file bodies; the only ones file-only kinds can target (besides the "*" wildcard).
 FILE_HOST_ROUTES = frozenset({"files"})
+# What "malformed" answers unless the rule gives a body: valid JSON, but neither an array nor {items, ...}.
+DEFAULT_MALFORMED_BODY = '{"unexpected": "shape"}'
 
 
 @dataclass(slots=True, kw_only=True)
@@ -53,6 +58,8 @@ class FaultRule:
     missing_bytes: int = 1024
     style: str = "403"
     message: str | None = None
+    after: int = 0  # matching requests still to let through before the rule may fire
+    body: str | None = None  # "malformed": the exact body text (None: the default one)
     fired: int = 0
     _rng: random.Random = field(init=False, repr=False)
 
@@ -81,11 +88,21 @@ class FaultRule:
             "missing_bytes": self.missing_bytes,
             "style": self.style,
             "message": self.message,
+            "after": self.after,
+            "body": self.body,
             "fired": self.fired,
         }
 
+    @property
+    def malformed_body(self) -> str:
+        """The body a "malformed" fault answers with."""
+        return DEFAULT_MALFORMED_BODY if self.body is None else self.body
+
     def _draw(self) -> bool:
         """Decide whether this matching request is hit, consuming count or randomness."""
+        if self.after > 0:
+            self.after -= 1
+            return False
         if self.probability is not None:
             return self._rng.random() < self.probability
         assert self.remaining is not None  # invariant: count rules always carry a count
@@ -109,6 +126,17 @@ def _retry_after(raw: object) -> str | None:
         raise problem from None
     if not math.isfinite(seconds) or seconds < 0:
         raise problem
+    return text
+
+
+def _malformed_body(reader: SpecReader) -> str | None:
+    """``text`` (sent as is, e.g. broken JSON or HTML) or ``body`` (any JSON value, even null); None when
+    neither is given."""
+    text = reader.opt_text("text")
+    if reader.has("body"):
+        if text is not None:
+            raise SpecError("fault rule: give either 'body' or 'text', not both")
+        return json.dumps(reader.opt_raw("body"))
     return text
 
 
@@ -139,8 +167,12 @@ def parse_fault_rule(raw: Mapping[str, object], rule_id: str) -> FaultRule:
         missing_bytes=reader.integer("missing_bytes", 1024, minimum=1),
         style=reader.choice("style", ("403", "410"), "403"),
         message=reader.opt_text("message"),
+        after=reader.integer("after", 0, minimum=0),
+        body=_malformed_body(reader),
     )
     reader.finish()
+    if rule.kind != "malformed" and rule.body is not None:
+        raise SpecError("fault rule: 'body' and 'text' apply to kind 'malformed' only")
     if rule.status > 599:
         raise SpecError(f"fault rule: 'status' must be within [400, 599], got {rule.status}")
     return rule

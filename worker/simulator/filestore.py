@@ -66,6 +66,11 @@ class FileStore:
         if entry.gone_at is None or at < entry.gone_at:
             self._entries[name] = dataclasses.replace(entry, gone_at=at)
 
+    def set_gone(self, name: str, at: float | None) -> None:
+        """Delete the file from ``at`` on, or never (None), whatever was set before: an expiry that is
+        recomputed (a retention period changed) must be able to move later as well as earlier."""
+        self._entries[name] = dataclasses.replace(self._entries[name], gone_at=at)
+
     def __contains__(self, name: object) -> bool:
         return name in self._entries
 

@@ -25,7 +25,10 @@ __all__ = [
     "CONTENT_READ",
     "JOBS_READ",
     "error_code",
+    "gate",
     "layers_error",
+    "minter",
+    "presented_key",
     "render_layers_error",
     "setup_layers",
 ]
@@ -76,7 +79,7 @@ def render_layers_error(status: int, message: str) -> web.Response:
     return layers_error(status, error_code(status), message)
 
 
-def _presented_key(request: web.Request) -> str | None:
+def presented_key(request: web.Request) -> str | None:
     """The bearer token, else the X-Api-Key header; None when neither is there."""
     scheme, _, token = request.headers.get("Authorization", "").strip().partition(" ")
     if scheme.lower() == "bearer" and token.strip():
@@ -84,10 +87,10 @@ def _presented_key(request: web.Request) -> str | None:
     return request.headers.get("X-Api-Key")
 
 
-def _gate(request: web.Request, scope: str) -> web.Response | None:
+def gate(request: web.Request, scope: str) -> web.Response | None:
     """The error answer for a request that may not be served (401, 429 or 403), else None."""
     state = request.app[STATE_KEY]
-    key = _presented_key(request)
+    key = presented_key(request)
     scopes = None if key is None else state.layers_api_keys.get(key)
     if key is None or scopes is None:
         response = layers_error(401, "UNAUTHENTICATED", "Missing or invalid API key")
@@ -108,7 +111,7 @@ def _not_found(what: str) -> web.Response:
     return layers_error(404, "NOT_FOUND", f"{what} not found")
 
 
-def _minter(request: web.Request, now: float) -> UrlMinter:
+def minter(request: web.Request, now: float) -> UrlMinter:
     """Signed media URLs on the host the client reached us at, so they work behind any bound address."""
     base = f"{request.scheme}://{request.host}"
 
@@ -127,7 +130,7 @@ def _etag_matches(header: str | None, tag: str) -> bool:
 
 async def get_job(request: web.Request) -> web.Response:
     """``GET /v1/jobs/:jobId`` with a strong ETag; a matching ``If-None-Match`` answers 304, no body."""
-    if (denied := _gate(request, JOBS_READ)) is not None:
+    if (denied := gate(request, JOBS_READ)) is not None:
         return denied
     state = request.app[STATE_KEY]
     job = state.layers.jobs.get(request.match_info["job_id"])
@@ -142,20 +145,20 @@ async def get_job(request: web.Request) -> web.Response:
 
 async def get_container(request: web.Request) -> web.Response:
     """``GET /v1/content/:containerId`` (``cnt_<uuid>`` or a bare uuid)."""
-    if (denied := _gate(request, CONTENT_READ)) is not None:
+    if (denied := gate(request, CONTENT_READ)) is not None:
         return denied
     state = request.app[STATE_KEY]
     container = state.layers.container(request.match_info["container_id"])
     if container is None:
         return _not_found("Container")
     now = state.clock()
-    return web.json_response(container_json(container, now, _minter(request, now)))
+    return web.json_response(container_json(container, now, minter(request, now)))
 
 
 async def get_asset(request: web.Request) -> web.Response:
     """``GET /v1/content/:containerId/assets/:assetId``: only the current generation's assets, once the
     container has completed; each read mints a fresh URL and ``expiresAt``."""
-    if (denied := _gate(request, CONTENT_READ)) is not None:
+    if (denied := gate(request, CONTENT_READ)) is not None:
         return denied
     state = request.app[STATE_KEY]
     now = state.clock()
@@ -169,7 +172,7 @@ async def get_asset(request: web.Request) -> web.Response:
     elif not container.legacy:
         # Off the event loop: the first hash of a GiB asset takes seconds; later reads hit the cache.
         checksum = await asyncio.to_thread(asset_sha256, asset.seed, asset.size)
-    return web.json_response(asset_descriptor(container, asset, now, _minter(request, now), checksum))
+    return web.json_response(asset_descriptor(container, asset, now, minter(request, now), checksum))
 
 
 def setup_layers(app: web.Application) -> None:

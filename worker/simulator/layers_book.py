@@ -86,11 +86,15 @@ class LayersBook:
     ) -> LayersContainer:
         """Create a container from a control-API spec and register its media; raises ``SpecError``."""
         container = parse_container_spec(spec, now=now, rng=rng)
+        self.insert(container, files)
+        return container
+
+    def insert(self, container: LayersContainer, files: FileStore) -> None:
+        """Register an already built container and its media; raises ``SpecConflict``."""
         if container.uuid in self.containers:
             raise SpecConflict(f"layers container: id {container.id!r} already exists")
         _register(files, container)
         self.containers[container.uuid] = container
-        return container
 
     def add_job(
         self, spec: Mapping[str, object], *, now: float, rng: random.Random, files: FileStore

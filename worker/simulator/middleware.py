@@ -1,8 +1,8 @@
 """The one middleware every upstream request passes: record it, then inflict the fault rule that hits it, if
 any.
 
-Generic faults (status, reset, stall) are applied here, before the handler; file-only faults are handed to
-the file host through ``FAULT_KEY`` because they need the body being served.
+Generic faults (status, reset, stall, malformed) are applied here, before the handler; file-only faults are
+handed to the file host through ``FAULT_KEY`` because they need the body being served.
 """
 
 from __future__ import annotations
@@ -93,6 +93,8 @@ async def _answer(
         abort_connection(request)
         # Never sent: aiohttp finds the transport gone and drops the response quietly.
         return web.Response(status=500)
+    if rule.kind == "malformed":
+        return web.Response(status=200, text=rule.malformed_body, content_type="application/json")
     if rule.kind == "stall":
         await asyncio.sleep(rule.delay_s)
     return await handler(request)

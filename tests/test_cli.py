@@ -6,6 +6,7 @@ import hashlib
 import importlib.metadata
 import json
 import socket
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -187,6 +188,26 @@ def test_commands_that_do_not_run_the_worker_do_not_load_its_machinery() -> None
     assert loaded.strip() == "[]"
 
 
+def test_completion_and_verify_on_disk_do_not_load_the_worker_machinery(tmp_path: Path) -> None:
+    """`completion` prints its script without reading settings; `verify` of files on disk loads no
+    HTTP library or S3 client (only an s3:// receipt opens the S3 client)."""
+    heavy = ("aiohttp", "aiobotocore", "asyncpg", "prometheus_client")
+    store = f"sqlite:///{tmp_path / 'v.db'}"
+    probe = (
+        "import contextlib, io, sys, worker.cli as c\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    codes = [c.main(['completion', 'bash']), c.main(['verify', '--store', sys.argv[1]])]\n"
+        f"print(codes, sorted(m for m in {heavy!r} if m in sys.modules))"
+    )
+    env = {"PATH": "/usr/bin:/bin", "ASSET_WORKER_CONCURRENCY": "abc"}  # a bad setting: completion ignores it
+    result = subprocess.run([sys.executable, "-c", probe, store], capture_output=True, text=True, env=env)
+    assert result.stdout.strip() == "[0, 2] []", result.stderr
+    result = subprocess.run(
+        [sys.executable, "-c", probe, store], capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"}
+    )
+    assert result.stdout.strip() == "[0, 0] []", result.stderr
+
+
 async def test_common_options_stand_before_or_after_the_command_and_version_prints(
     cli_env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -269,6 +290,31 @@ async def test_status_filters_by_state_limits_and_sums_up_without_creating_a_sto
     assert two.out.rstrip().splitlines()[-1] == "1 job: 1 done"
     none = await cli(cli_env, "status", "--state", "canceled")
     assert none.code == 0 and "no canceled jobs in" in none.out
+
+
+async def test_status_since_shows_jobs_submitted_after_a_moment_or_an_age(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """--since takes an age or a UTC time; jobs submitted before it are left out, of the table and
+    the JSON alike; a value that is neither is a one-line usage error."""
+    await cli(cli_env, "submit", "cloudlayer:old")
+    with sqlite3.connect(tmp_path / "cli.db") as db:  # submitted two days ago
+        db.execute("UPDATE jobs SET submitted_at = submitted_at - 172800 WHERE key = 'cloudlayer:old'")
+    await cli(cli_env, "submit", "cloudlayer:new")
+    recent = await cli(cli_env, "status", "--since", "1d")
+    assert recent.out.rstrip().splitlines()[-1] == "1 job: 1 queued" and "cloudlayer:new" in recent.out
+    assert [j["key"] for j in json.loads((await cli(cli_env, "status", "--json", "--since", "36h")).out)] == [
+        "cloudlayer:new"
+    ]
+    both = await cli(cli_env, "status", "--json", "--since", "2000-01-01T00:00:00Z")
+    assert [j["key"] for j in json.loads(both.out)] == ["cloudlayer:old", "cloudlayer:new"]
+    named = await cli(cli_env, "status", "--since", "1h", "cloudlayer:old", "cloudlayer:new")
+    assert named.code == 0 and "cloudlayer:old" not in named.out and "cloudlayer:new" in named.out
+    future = await cli(cli_env, "status", "--since", "2999-01-01T00:00:00")
+    assert future.code == 0 and "no jobs submitted since 2999-01-01T00:00:00.000Z in" in future.out
+    bad = await cli(cli_env, "status", "--since", "yesterday")
+    assert bad.code == 2 and len(bad.err.strip().splitlines()) == 1
+    assert "'yesterday' is neither an age" in bad.err
 
 
 async def test_cancel_and_retry_from_the_command_line(sim: Simulator, cli_env: dict[str, str]) -> None:

@@ -87,8 +87,9 @@ async def test_sigterm_lets_the_inflight_transfer_finish(
 async def test_after_a_short_grace_another_process_completes_the_transfer(
     sim: Simulator, env: dict[str, str], tmp_path: Path
 ) -> None:
-    """With a 1 s grace the transfer is cancelled: temp file removed, lease released, exit 0; a
-    second process takes the job at once (the lease is 600 s) and stores it verified."""
+    """With a 1 s grace the transfer is cancelled: its part kept for resuming (hidden, beside the
+    target), lease released, exit 0; a second process takes the job at once (the lease is 600 s),
+    resumes the part and stores the file verified."""
     big = sim.add_cloudlayer_job(id="handover", pending_s=0, size=SIZE)
     assert (await cli(env, "submit", "cloudlayer:handover")).code == 0
     log_path = tmp_path / "first.log"
@@ -105,7 +106,9 @@ async def test_after_a_short_grace_another_process_completes_the_transfer(
     assert code == 0
     events = {e["event"] for e in logged_events(log_path)}
     assert {"runner_grace_expired", "job_released"} <= events
-    assert files_under(tmp_path / "assets") == []  # no temp file left behind
+    folder = tmp_path / "assets/cloudlayer/handover"
+    kept = [folder / f".{big.asset_id}.pdf.resume.json", folder / f".{big.asset_id}.pdf.resume.part"]
+    assert files_under(tmp_path / "assets") == kept  # nothing under a final name
     (status,) = await status_json(env, "cloudlayer:handover")
     assert status["state"] == "downloading" and status["attempts"] == 0
 
@@ -121,8 +124,9 @@ async def test_after_a_short_grace_another_process_completes_the_transfer(
 async def test_a_second_signal_stops_at_once_without_a_partial_file(
     sim: Simulator, env: dict[str, str], tmp_path: Path
 ) -> None:
-    """A second SIGTERM during a long grace cancels right away; the temp file is still removed and
-    the lease released, nothing appears under the final name; the exit code says it was forced."""
+    """A second SIGTERM during a long grace cancels right away; the lease is released, nothing
+    appears under the final name (only the hidden part kept for resuming); the exit code says it
+    was forced."""
     sim.add_cloudlayer_job(id="forced", pending_s=0, size=8 * 1024 * 1024 * 1024)
     assert (await cli(env, "submit", "cloudlayer:forced")).code == 0
     log_path = tmp_path / "run.log"
@@ -142,6 +146,9 @@ async def test_a_second_signal_stops_at_once_without_a_partial_file(
             proc.kill()
     assert code == 1
     assert "shutdown_forced" in {e["event"] for e in logged_events(log_path)}
-    assert files_under(tmp_path / "assets") == []
+    assert [p.name.endswith((".resume.json", ".resume.part")) for p in files_under(tmp_path / "assets")] == [
+        True,
+        True,
+    ]
     (status,) = await status_json(env, "cloudlayer:forced")
     assert status["state"] == "downloading" and status["attempts"] == 0

@@ -17,7 +17,7 @@ import pytest
 
 from tests.security.smalldisk import fill, free_bytes, small_disk
 from worker.errors import StorageError, StorageInterrupted, StorageRejected, StorageUnavailable
-from worker.sinks.base import Committed
+from worker.sinks.base import Committed, ResumableUpload, SourceEntity
 from worker.sinks.file import FREE_SPACE_MARGIN_MAX_BYTES, FileSink, FileUpload, SpaceBook, translate_os_error
 
 MIB = 1 << 20
@@ -315,18 +315,20 @@ def test_owns_exactly_what_uri_for_names(tmp_path: Path) -> None:
         (errno.ENFILE, StorageUnavailable, "storage_unavailable"),
         (errno.EROFS, StorageUnavailable, "storage_unavailable"),
         (errno.ENOENT, StorageInterrupted, "storage_interrupted"),
-        (errno.EACCES, StorageRejected, "storage_rejected"),
+        (errno.EACCES, StorageUnavailable, "dest_not_writable"),
+        (errno.EPERM, StorageUnavailable, "dest_not_writable"),
         (errno.ENOTDIR, StorageRejected, "storage_rejected"),
     ],
 )
 def test_os_errors_map_to_wait_retry_or_fail(code: int, kind: type[StorageError], error_code: str) -> None:
-    """A full disk (ENOSPC, or a quota: EDQUOT) or a device that is down makes the job wait; a
-    vanished temp file retries the asset; anything else (permissions) fails it for an operator.
-    The message names the key and the system's reason."""
+    """A full disk (ENOSPC, or a quota: EDQUOT), a device that is down or a permission denied to the
+    worker's user makes the job wait (for space, the device, an operator); a vanished temp file
+    retries the asset; anything else (a file in a directory's place) fails it. The message names
+    the key and the system's reason."""
     error = translate_os_error(OSError(code, os.strerror(code)), "p/a.pdf")
     assert type(error) is kind
     assert (error.code, error.key) == (error_code, "p/a.pdf")
-    assert str(error) == f"cannot write p/a.pdf: {os.strerror(code)}"
+    assert str(error).startswith(f"cannot write p/a.pdf: {os.strerror(code)}")
 
 
 def test_an_os_error_without_a_reason_keeps_its_text() -> None:
@@ -506,3 +508,122 @@ def test_space_book_arithmetic() -> None:
     book.release(second)
     book.release(second)
     assert book.reserved() == 0
+
+
+# --- the resumable part -------------------------------------------------------------------------
+
+ENTITY = SourceEntity('"etag-1"', 1000)
+PART, RECORD = ".a.pdf.resume.part", ".a.pdf.resume.json"
+
+
+async def test_a_resumable_upload_moves_to_the_targets_part_and_publishes_it(tmp_path: Path) -> None:
+    """Declaring a resumable entity moves the (still empty) upload from its random temp file to the
+    target's fixed part with a record of the entity beside it; commit publishes the part and
+    removes the record, so nothing is left but the file."""
+    sink = FileSink(tmp_path)
+    upload = await open_upload(sink, "a.pdf")
+    assert isinstance(upload, ResumableUpload)
+    assert await upload.resume(ENTITY) == 0
+    assert sorted(os.listdir(tmp_path)) == [RECORD, PART]
+    await upload.write(b"bytes")
+    await commit(upload, b"bytes")
+    assert os.listdir(tmp_path) == ["a.pdf"] and (tmp_path / "a.pdf").read_bytes() == b"bytes"
+
+
+async def test_a_suspended_part_is_taken_over_by_the_next_upload_of_the_entity(tmp_path: Path) -> None:
+    """What a suspended upload wrote is held by the next upload of the same entity, which reads it
+    back in order and writes after it."""
+    sink = FileSink(tmp_path)
+    first = await open_upload(sink, "a.pdf")
+    await first.resume(ENTITY)
+    await first.write(b"kept ")
+    await first.suspend()
+    assert sorted(os.listdir(tmp_path)) == [RECORD, PART]
+    second = await open_upload(sink, "a.pdf")
+    assert await second.resume(ENTITY) == 5
+    read: list[bytes] = []
+    await second.replay(read.append)
+    assert b"".join(read) == b"kept "
+    await second.write(b"rest")
+    await commit(second, b"kept rest")
+    assert os.listdir(tmp_path) == ["a.pdf"] and (tmp_path / "a.pdf").read_bytes() == b"kept rest"
+
+
+async def test_a_part_held_by_a_live_upload_is_not_shared(tmp_path: Path) -> None:
+    """Two live uploads of one target (a worker that lost its lease and the one that took over):
+    the second cannot lock the part, so it keeps its random temp file; publishing it leaves the
+    first's part alone, and the first can still keep its part for later."""
+    sink = FileSink(tmp_path)
+    zombie = await open_upload(sink, "a.pdf")
+    await zombie.resume(ENTITY)
+    await zombie.write(b"zombie")
+    successor = await open_upload(sink, "a.pdf")
+    assert await successor.resume(ENTITY) == 0
+    await successor.write(b"successor")
+    assert {n for n in os.listdir(tmp_path) if TEMP_NAME.match(n)} != set()
+    await commit(successor, b"successor")
+    await zombie.suspend()
+    assert (tmp_path / PART).read_bytes() == b"zombie"
+    assert sorted(os.listdir(tmp_path)) == [RECORD, PART, "a.pdf"]
+    assert (tmp_path / "a.pdf").read_bytes() == b"successor"
+
+
+async def test_publishing_without_resuming_removes_a_stale_part_nobody_holds(tmp_path: Path) -> None:
+    """A part left by an earlier attempt of the target goes when the target is published another
+    way (the file host no longer offers ranges, say): nothing stays behind a published file."""
+    sink = FileSink(tmp_path)
+    earlier = await open_upload(sink, "a.pdf")
+    await earlier.resume(ENTITY)
+    await earlier.write(b"stale")
+    await earlier.suspend()
+    await store(sink, "a.pdf", b"whole")
+    assert os.listdir(tmp_path) == ["a.pdf"]
+
+
+async def test_abort_and_restart_leave_nothing_resumable(tmp_path: Path) -> None:
+    """abort removes the part and its record; after restart the part describes no entity, so a
+    suspension then removes it too (its bytes would be nobody's)."""
+    sink = FileSink(tmp_path)
+    aborted = await open_upload(sink, "a.pdf")
+    await aborted.resume(ENTITY)
+    await aborted.write(b"x")
+    await aborted.abort()
+    assert os.listdir(tmp_path) == []
+    restarted = await open_upload(sink, "a.pdf")
+    await restarted.resume(ENTITY)
+    await restarted.write(b"old file")
+    await restarted.restart()
+    assert os.listdir(tmp_path) == [PART]
+    await restarted.suspend()
+    assert os.listdir(tmp_path) == []
+
+
+async def test_a_symlink_under_the_parts_name_is_not_followed(tmp_path: Path) -> None:
+    """The part's name is opened without following links: a link planted there is never written
+    through (the upload keeps its random temp file)."""
+    outside = tmp_path / "outside"
+    outside.write_bytes(b"precious")
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / PART).symlink_to(outside)
+    upload = await open_upload(FileSink(root), "a.pdf")
+    assert await upload.resume(ENTITY) == 0
+    await upload.write(b"new")
+    await commit(upload, b"new")
+    assert outside.read_bytes() == b"precious" and (root / "a.pdf").read_bytes() == b"new"
+
+
+async def test_the_kept_part_counts_as_room_for_its_target(disk: Path) -> None:
+    """A target's part is either continued or emptied, so its bytes count as free for that target:
+    a file that fits only with them is accepted, and refused for another target."""
+    root = disk / "root"
+    root.mkdir()
+    sink = FileSink(root)
+    earlier = await open_upload(sink, "a.pdf")
+    await earlier.resume(SourceEntity('"big"', 12 * MIB))
+    await earlier.write(b"k" * (4 * MIB))
+    await earlier.suspend()
+    size = free_bytes(disk) - margin_of(disk) + 2 * MIB
+    upload = await open_upload(sink, "a.pdf", expected_size=size)
+    await upload.abort()
+    await refused(sink, "b.pdf", size)

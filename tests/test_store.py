@@ -21,8 +21,9 @@ from hypothesis import strategies as st
 
 from tests.pgserver import PgServer
 from worker.errors import ConfigError, LeaseLost
-from worker.models import AssetRef, AssetState, JobError, JobKey, JobState, Receipt
+from worker.models import AssetRef, AssetState, JobError, JobKey, JobState, Receipt, TransferProgress
 from worker.store import Cursor, Phase, Store, open_store, sqlite_schema
+from worker.store.base import ProgressReport
 
 A = JobKey("layers", "job-a")
 B = JobKey("cloudlayer", "job-b")
@@ -869,3 +870,45 @@ async def test_restart_polling_resets_deadline_and_assets(store: Store) -> None:
     assert job.assets == () and job.lease_owner is None and job.provider_state == {"k": 1}
     with pytest.raises(LeaseLost):
         await store.restart_polling(A, owner="w2", now=51.0, provider_state={})
+
+
+async def test_progress_is_recorded_for_the_lease_holder_only_and_cleared_by_the_next_claim(
+    store: Store,
+) -> None:
+    await ready(store, A, ["a1"], owner="w1")
+    report = TransferProgress(
+        asset_id="a1", bytes=4096, total=10_000, rate_bps=2048.0, started_at=2.0, updated_at=4.0
+    )
+    stale = TransferProgress(asset_id="a1", bytes=1, total=None, rate_bps=0.0, started_at=2.0, updated_at=4.0)
+    before = store.transactions
+    # Two reports in one call, one of them from a worker that does not hold the job: skipped, no error.
+    await store.record_progress([ProgressReport(A, "w1", report), ProgressReport(A, "w2", stale)])
+    assert store.transactions == before + 1
+    (job,) = await store.get([A])
+    assert job.progress == report
+    # The lease runs out; the next transfer claim starts the job's progress afresh.
+    (again,) = await store.claim(owner="w3", phase=Phase.TRANSFER, now=100.0, lease_s=30, limit=1)
+    assert again.key == A and again.progress is None
+    (job,) = await store.get([A])
+    assert job.progress is None
+    await store.record_progress([ProgressReport(A, "w1", report)])  # the old holder is fenced off
+    (job,) = await store.get([A])
+    assert job.progress is None
+
+
+async def test_progress_of_another_shape_reads_as_no_report(tmp_path: Path) -> None:
+    store_url = f"sqlite:///{tmp_path}/s.db"
+    store = await open_store(store_url)
+    try:
+        await ready(store, A, ["a1"])
+    finally:
+        await store.close()
+    path = store_url.removeprefix("sqlite:///")
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.execute("UPDATE jobs SET progress = ? WHERE key = ?", ('{"bytes": "many"}', str(A)))
+    store = await open_store(store_url)
+    try:
+        (job,) = await store.get([A])
+    finally:
+        await store.close()
+    assert job.progress is None and job.state is JobState.DOWNLOADING

@@ -38,10 +38,13 @@ async def test_sqlite_claims_and_the_next_due_moment_read_an_index_in_queue_orde
         )
         db.execute("ANALYZE")
         queries: list[tuple[str, tuple[Any, ...]]] = [
-            *((lite._SELECT_DUE[phase], (1e9, 1e9, 32)) for phase in Phase),
-            *((lite._NEXT_UNLEASED[phase], ()) for phase in Phase),
-            *((f"SELECT COUNT(*) FROM ({lite._SELECT_DUE[phase]})", (1e9, 1e9, 16)) for phase in Phase),  # noqa: S608
-            (lite._NEXT_LEASE_END, ()),
+            *((lite._SELECT_DUE[phase], (1e9, 1e9, '["layers"]', 32)) for phase in Phase),
+            *((lite._NEXT_UNLEASED[phase], ('["layers"]',)) for phase in Phase),
+            *(
+                (f"SELECT COUNT(*) FROM ({lite._SELECT_DUE[phase]})", (1e9, 1e9, "[]", 16))  # noqa: S608
+                for phase in Phase
+            ),
+            (lite._NEXT_LEASE_END, ('["layers"]',)),
         ]
         for sql, params in queries:
             plan = " | ".join(row[3] for row in db.execute(f"EXPLAIN QUERY PLAN {sql}", params))
@@ -76,9 +79,9 @@ async def test_postgres_claims_and_the_next_due_moment_read_an_index_in_queue_or
     conn = await asyncpg.connect(big_queue)
     try:
         queries: list[tuple[str, tuple[Any, ...]]] = [
-            *((pg._CLAIM[phase], (1e9, 32, "owner", 1e9 + 30)) for phase in Phase),
-            (pg._NEXT_CLAIMABLE, ()),
-            *((pg._DUE_COUNT[phase], (1e9, 16)) for phase in Phase),
+            *((pg._CLAIM[phase], (1e9, 32, "owner", 1e9 + 30, ["layers"])) for phase in Phase),
+            (pg._NEXT_CLAIMABLE, (["layers"],)),
+            *((pg._DUE_COUNT[phase], (1e9, 16, [])) for phase in Phase),
         ]
         for sql, params in queries:
             (document,) = json.loads(await conn.fetchval(f"EXPLAIN (FORMAT JSON) {sql}", *params))

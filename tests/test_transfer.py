@@ -102,10 +102,12 @@ async def test_expired_url(
     assert leftovers(tmp_path) == []
 
 
-async def test_cancellation_removes_temp_file(
+async def test_cancellation_publishes_nothing_and_keeps_only_the_resumable_part(
     sim: Simulator, session: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
-    """Cancelling mid-transfer removes the temp file; nothing appears at the final path."""
+    """Cancelling mid-transfer (a drain) publishes nothing; the file host can resume this file, so
+    the part and its record stay for the next holder of the job (tests/test_resume.py), and no
+    random temp file is left."""
     job = sim.add_cloudlayer_job(size=512 * 1024 * 1024, pending_s=0)
     progressed = asyncio.Event()
     ref = AssetRef(asset_id="a1", url=sim.file_url(job))
@@ -124,7 +126,8 @@ async def test_cancellation_removes_temp_file(
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert leftovers(tmp_path) == []
+    directory = tmp_path / "p/j"
+    assert leftovers(tmp_path) == [directory / ".a1.bin.resume.json", directory / ".a1.bin.resume.part"]
 
 
 async def test_storage_rejected_when_destination_unusable(

@@ -14,6 +14,7 @@ import contextlib
 import email.utils
 import gzip
 import hashlib
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -181,7 +182,7 @@ async def transfer(
         options=options,
         on_progress=(run or Run()).progress.append,
         before_commit=before_commit,
-        **({} if wall_clock is None else {"wall_clock": wall_clock}),
+        wall_clock=wall_clock or time.time,
     )
 
 

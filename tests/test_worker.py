@@ -13,7 +13,7 @@ from urllib.parse import unquote, urlsplit
 import pytest
 from structlog.testing import capture_logs
 
-from tests.conftest import RecordingSleep, SettingsFactory, poll_until_ready, run_jobs
+from tests.conftest import RecordingSleep, SettingsFactory, poll_until_ready, run_jobs, simulator_providers
 from worker.app import open_worker
 from worker.config import Settings
 from worker.models import Job, JobError, JobKey, JobState
@@ -79,12 +79,14 @@ async def test_status_json_shape(sim: Simulator, make_settings: SettingsFactory)
         "provider",
         "upstream_id",
         "state",
+        "activity",
         "submitted_at",
         "finished_at",
         "attempts",
         "error",
         "assets",
     }
+    assert status["activity"] is None  # finished
     assert status["key"] == "cloudlayer:shape" and status["provider"] == "cloudlayer"
     assert status["upstream_id"] == "shape" and status["state"] == "done" and status["error"] is None
     assert status["submitted_at"].endswith("Z") and status["finished_at"].endswith("Z")
@@ -94,6 +96,7 @@ async def test_status_json_shape(sim: Simulator, make_settings: SettingsFactory)
     assert asset["state"] == "stored" and asset["uri"].startswith("file:///")
     assert asset["size"] == sim_job.size and asset["sha256"] == content_sha256(sim_job.seed, sim_job.size)
     assert asset["upstream_verified"] is True
+    assert asset["progress"] is None
 
 
 async def test_upstream_error_fails_with_vendor_text(sim: Simulator, make_settings: SettingsFactory) -> None:
@@ -265,15 +268,37 @@ async def test_bad_key_fails_with_authentication_error(
     assert len(sim.requests("cloudlayer.job")) == 1
 
 
-async def test_missing_key_and_unknown_job(sim: Simulator, make_settings: SettingsFactory) -> None:
-    """No key configured and an unknown job id each fail with their own code."""
-    (no_key,) = await run_jobs(
-        make_settings().with_options("cloudlayer", CloudlayerSettings(api_key=None, base_url=sim.url)),
-        ["cloudlayer:x"],
-    )
-    assert no_key.error is not None and no_key.error.code == "unauthenticated"
+async def test_jobs_of_a_provider_without_a_key_wait_for_a_worker_that_has_one(
+    sim: Simulator, make_settings: SettingsFactory
+) -> None:
+    """No key configured: the worker warns once at start, naming the variable, and leaves the job
+    queued (not failed, not polled); a worker with the key then does it. An unknown job id still
+    fails with its own code."""
+    sim.add_cloudlayer_job(id="keyless", pending_s=0, size=2048)
+    keyless = make_settings().with_options("cloudlayer", CloudlayerSettings(api_key=None, base_url=sim.url))
+    with capture_logs() as events:
+        (waiting,) = await run_jobs(keyless, ["cloudlayer:keyless"])
+    assert waiting.state is JobState.QUEUED and waiting.error is None and waiting.polls == 0
+    assert sim.requests("cloudlayer.job") == []
+    warnings = [e for e in events if e["event"] == "provider_not_configured"]
+    assert [(w["provider"], w["set"]) for w in warnings] == [("cloudlayer", "CLOUDLAYER_API_KEY")]
+    assert "queued" in warnings[0]["message"]
+    (done,) = await run_jobs(make_settings(), ["cloudlayer:keyless"])
+    assert done.state is JobState.DONE
     (unknown,) = await run_jobs(make_settings(store_url=no_key_store(make_settings())), ["cloudlayer:nope"])
     assert unknown.error is not None and unknown.error.code == "not_found"
+
+
+async def test_no_warning_for_a_provider_without_a_key_and_without_jobs(
+    sim: Simulator, make_settings: SettingsFactory
+) -> None:
+    """Layers has no key here but no job either: nothing to warn about; cloudlayer's jobs run."""
+    sim.add_cloudlayer_job(id="plain", pending_s=0)
+    settings = make_settings(providers=simulator_providers(sim, api_key=None))
+    with capture_logs() as events:
+        (job,) = await run_jobs(settings, ["cloudlayer:plain"])
+    assert job.state is JobState.DONE
+    assert [e for e in events if e["event"] == "provider_not_configured"] == []
 
 
 def no_key_store(settings: Settings) -> str:

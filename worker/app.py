@@ -133,6 +133,14 @@ async def open_worker(
             opened = await stack.enter_async_context(
                 sink_for(settings.dest_url).open(settings.sink_settings())
             )
+            problem = None if opened.check is None else await opened.check()
+            if problem is not None:
+                log.warning(
+                    "destination_not_writable",
+                    dest=settings.dest_url,
+                    problem=problem,
+                    message="jobs that reach their transfer wait (dest_not_writable) until this is fixed",
+                )
             engine = Engine(
                 store=store,
                 providers=providers,
@@ -162,6 +170,7 @@ async def open_worker(
                 rand=rand,
                 metrics=metrics,
             )
+            unconfigured = settings.unconfigured_providers()
             runner = Runner(
                 store=store,
                 engine=engine,
@@ -172,6 +181,10 @@ async def open_worker(
                     lease_s=settings.lease_s,
                     claim_interval_s=settings.claim_interval_s,
                     grace_s=settings.grace_s,
+                    progress_interval_s=settings.progress_interval_s,
+                    progress_log_interval_s=settings.progress_log_interval_s,
+                    unconfigured=unconfigured,
+                    served=tuple(name for name in settings.providers if name not in unconfigured),
                 ),
                 clock=clock,
                 housekeeping=opened.housekeeping,

@@ -1,4 +1,4 @@
-"""``asset-worker``: submit, run, status, simulate, demo.
+"""``asset-worker``: submit, run, status, cancel, retry, verify, simulate, demo, completion.
 
 Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error.
 
@@ -13,15 +13,17 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import datetime
 import functools
 import importlib.metadata
 import json
+import re
 import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import structlog
 
@@ -36,16 +38,17 @@ from worker.providers import PROVIDERS, parse_key
 from worker.redaction import redact_url, register_secrets
 from worker.sdnotify import Notifier
 from worker.simulator import command as simulator_command
-from worker.statusview import job_to_json, render_table
-from worker.store import Cursor, Store, open_store, store_for
+from worker.statusview import iso, job_to_json, live_progress, render_table, shown_state
+from worker.store import Cursor, Phase, Store, open_store, store_for
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:  # argparse's own usage errors exit 2, as ours do
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+    def error(self, message: str) -> Any:
+        # argparse's own usage errors exit 2, as ours do, and are one line as ours are: the usage
+        # summary (several wrapped lines) is one --help away.
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _common_options() -> _Parser:
@@ -118,6 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="only jobs in this state (repeatable)",
     )
     status.add_argument("--limit", type=_at_least_one, help="at most this many jobs, oldest first")
+    status.add_argument(
+        "--since",
+        type=_moment,
+        metavar="WHEN",
+        help="only jobs submitted since WHEN: an age (90s, 30m, 2h, 7d) or a UTC time (2026-11-29T10:00:00Z)",
+    )
 
     cancel = add("cancel", help="cancel unfinished jobs (a worker holding one lets go of it)")
     cancel.add_argument("keys", nargs="+", metavar="KEY")
@@ -126,12 +135,32 @@ def build_parser() -> argparse.ArgumentParser:
     retry.add_argument("keys", nargs="*", metavar="KEY")
     retry.add_argument("--failed", action="store_true", help="every failed job")
 
+    verify = add(
+        "verify",
+        help="re-read the stored files of done jobs (all, or the keys given) and compare size and "
+        "sha256 with their receipts: exit 1 on any difference",
+    )
+    verify.add_argument("keys", nargs="*", metavar="KEY")
+    verify.add_argument("--json", action="store_true", help="print one JSON object per file checked")
+
+    completion = add(
+        "completion", help='print a shell completion script (eval "$(asset-worker completion bash)")'
+    )
+    completion.add_argument("shell", choices=["bash", "zsh"])
+
     simulate = add("simulate", help="serve the simulated upstream APIs on loopback")
     simulator_command.add_arguments(simulate, port=8787, layers_port=8788)
 
     demo = add("demo", help="run the worker end to end against the built-in simulator")
-    demo.add_argument("--dir", default="asset-worker-demo", help="where the demo keeps its store and files")
+    demo.add_argument(
+        "--dir", metavar="DIR", default="asset-worker-demo", help="where the demo keeps its store and files"
+    )
     demo.add_argument("--jobs", type=_at_least_one, default=36, help="how many jobs to generate")
+    demo_output = demo.add_mutually_exclusive_group()
+    demo_output.add_argument(
+        "--wide", action="store_true", help="full keys and the whole table (wider than 80 columns)"
+    )
+    demo_output.add_argument("--json", action="store_true", help="print every job's status JSON at the end")
     return parser
 
 
@@ -145,16 +174,45 @@ def _at_least_one(text: str) -> int:
     return value
 
 
+_AGE = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d)$")
+_SECONDS_PER = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _moment(text: str) -> float:
+    """``--since``: an age before now (``30m``) or an ISO 8601 time (UTC unless it says otherwise),
+    as UNIX seconds."""
+    age = _AGE.match(text.strip().lower())
+    if age:
+        return time.time() - float(age.group(1)) * _SECONDS_PER[age.group(2)]
+    try:
+        moment = datetime.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither an age (90s, 30m, 2h, 7d) nor a time (2026-11-29T10:00:00Z)"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.UTC)
+    return moment.timestamp()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "completion":
+        # Needs no settings: a shell's start-up must not fail on a half-configured environment.
+        from worker.completion import script
+
+        print(script(parser, args.shell), end="")
+        return EXIT_OK
     try:
         settings = from_env(
             None,
             store=getattr(args, "store", None),
             # For submit, --dest is the jobs' own destination, checked against the worker's.
             dest=None if args.command == "submit" else getattr(args, "dest", None),
-            # The demo prints its own table; its logs stay quiet unless asked for.
-            log_level=getattr(args, "log_level", None) or ("warning" if args.command == "demo" else None),
+            # The demo reports every job itself, the faults it injected included (their warnings
+            # would only repeat them); its logs stay quiet unless asked for.
+            log_level=getattr(args, "log_level", None) or ("error" if args.command == "demo" else None),
             log_format=getattr(args, "log_format", None),
             concurrency=getattr(args, "concurrency", None),
         )
@@ -200,18 +258,24 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
             )
         case "status":
             states = [JobState(s) for s in args.state] if args.state else None
-            return await _status(settings, args.keys, as_json=args.json, states=states, limit=args.limit)
+            return await _status(
+                settings, args.keys, as_json=args.json, states=states, limit=args.limit, since=args.since
+            )
         case "cancel":
             return await _cancel(settings, args.keys)
         case "retry":
             return await _retry(settings, args.keys, every_failed=args.failed)
+        case "verify":
+            return await _verify(settings, args.keys, as_json=args.json)
         case "simulate":
             await simulator_command.run(args)
             return EXIT_OK
         case "demo":
             from worker.demo import run_demo
 
-            outcome: int = await run_demo(settings, directory=args.dir, jobs=args.jobs)
+            outcome: int = await run_demo(
+                settings, directory=args.dir, jobs=args.jobs, wide=args.wide, as_json=args.json
+            )
             return outcome
     raise ConfigError(f"unknown command {args.command!r}")  # pragma: no cover
 
@@ -265,6 +329,7 @@ async def _status(
     as_json: bool,
     states: Sequence[JobState] | None = None,
     limit: int | None = None,
+    since: float | None = None,
 ) -> int:
     keys = [JobKey.parse(k) for k in raw_keys]
     where = redact_url(settings.store_url)
@@ -275,14 +340,22 @@ async def _status(
             print(f"asset-worker: unknown job {key}", file=sys.stderr)
         return EXIT_FAILURE if keys else EXIT_OK
     async with _opened(settings) as store:
+        # Every job sorts after (since, ""): listing from that cursor is "submitted since", on the
+        # index the listing already walks.
+        start = None if since is None else Cursor(submitted_at=since, key="")
         if as_json and not keys and states is None and limit is None:
-            await _print_all_as_json(store)
+            await _print_all_as_json(store, after=start)
             return EXIT_OK
         if keys:
-            jobs = [j for j in await store.get(keys) if states is None or j.state in states][:limit]
+            jobs = [
+                j
+                for j in await store.get(keys)
+                if (states is None or j.state in states) and (since is None or j.submitted_at >= since)
+            ][:limit]
         else:
-            jobs = await store.list_jobs(states=states, limit=limit)
-    missing = sorted({str(k) for k in keys} - {str(j.key) for j in jobs}) if states is None else []
+            jobs = await store.list_jobs(states=states, limit=limit, after=start)
+    filtered = states is not None or since is not None
+    missing = sorted({str(k) for k in keys} - {str(j.key) for j in jobs}) if not filtered else []
     if as_json:
         print(json.dumps([job_to_json(j) for j in jobs], indent=2))
     elif jobs:
@@ -290,10 +363,44 @@ async def _status(
         print(_summary(jobs))
     else:
         which = "" if states is None else "/".join(s.value for s in states) + " "
-        print(f"no {which}jobs in {where}")
+        when = "" if since is None else f" submitted since {iso(since)}"
+        print(f"no {which}jobs{when} in {where}")
     for name in missing:
         print(f"asset-worker: unknown job {name}", file=sys.stderr)
     return EXIT_FAILURE if missing else EXIT_OK
+
+
+async def _verify(settings: Settings, raw_keys: Sequence[str], *, as_json: bool) -> int:
+    """Re-read every stored file of the done jobs (or of the named ones) and compare it with its
+    receipt; one line per difference (or one JSON object per file) and a summary line. Read-only:
+    no store is created, nothing is written."""
+    from worker import verify
+
+    keys = [JobKey.parse(k) for k in raw_keys]
+    walk = verify.Walk(unknown=[], not_done=[])
+    tally = verify.Tally()
+    if store_for(settings.store_url).exists(settings.store_url):
+        readers = verify.Readers(settings.dest_url, settings.sink_settings())
+        try:
+            async with _opened(settings) as store:
+                async for check in verify.check_all(verify.receipts(store, keys, walk), readers):
+                    tally.add(check)
+                    if as_json:
+                        print(json.dumps(verify.check_to_json(check)), flush=True)
+                    elif check.result is not verify.Result.OK:
+                        print(verify.difference_line(check), flush=True)
+        finally:
+            await readers.close()
+    else:
+        walk.unknown += [str(k) for k in keys]
+        print(f"asset-worker: there is no store at {redact_url(settings.store_url)} yet", file=sys.stderr)
+    for name in walk.unknown:
+        _complain(f"unknown job {name}")
+    for name, state in walk.not_done:
+        _complain(f"{name} is {state.value}; only a done job has files to verify")
+    # With --json, standard output holds only the objects; the summary goes with the diagnostics.
+    print(tally.line(), file=sys.stderr if as_json else sys.stdout)
+    return EXIT_FAILURE if tally.differences or walk.unknown or walk.not_done else EXIT_OK
 
 
 # How often submit --wait looks at the store.
@@ -304,20 +411,49 @@ async def _wait_for(settings: Settings, keys: Sequence[JobKey]) -> int:
     """Until every job in ``keys`` is final (a worker, here or elsewhere, does the work): a line of
     counts on standard error as they change; exit 0 when all are done, 1 when any failed or was
     canceled. Interrupting the wait leaves the jobs queued."""
+    from worker.live import Board, live_display
+
     wanted = list(dict.fromkeys(keys))
     last = ""
+    jobs: list[Job] = []
+    live = _live_on(sys.stderr, settings.log_format)
     async with _opened(settings) as store:
-        while True:
-            jobs: list[Job] = []
-            for start in range(0, len(wanted), STATUS_PAGE):
-                jobs += await store.get(wanted[start : start + STATUS_PAGE])
-            line = _summary(jobs)
-            if line != last:
-                print(f"asset-worker: {line}", file=sys.stderr)
+
+        async def board() -> Board:
+            now = time.time()
+            shown = collections.Counter(shown_state(job, now) for job in jobs)
+            transfers = [(str(j.key), p) for j in jobs for p in [live_progress(j, now)] if p is not None]
+            return Board(transfers, dict(shown.most_common()))
+
+        # On a terminal the downloads are drawn live (from the store, whichever worker does them);
+        # otherwise a line of counts each time they change.
+        async with live_display(board, enabled=live, console=_stderr_console() if live else None):
+            while True:
+                fresh: list[Job] = []
+                for start in range(0, len(wanted), STATUS_PAGE):
+                    fresh += await store.get(wanted[start : start + STATUS_PAGE])
+                jobs[:] = fresh
+                line = _summary(jobs)
+                if line != last and not live:
+                    print(f"asset-worker: {line}", file=sys.stderr)
                 last = line
-            if all(job.state.is_final for job in jobs):
-                return EXIT_OK if all(job.state is JobState.DONE for job in jobs) else EXIT_FAILURE
-            await asyncio.sleep(WAIT_INTERVAL_S)
+                if all(job.state.is_final for job in jobs):
+                    break
+                await asyncio.sleep(WAIT_INTERVAL_S)
+    if live:
+        print(f"asset-worker: {last}", file=sys.stderr)
+    return EXIT_OK if all(job.state is JobState.DONE for job in jobs) else EXIT_FAILURE
+
+
+def _live_on(stream: TextIO, log_format: str) -> bool:
+    """A live display only for a person: a terminal, and not a log asked to be JSON."""
+    return stream.isatty() and log_format != "json"
+
+
+def _stderr_console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True)
 
 
 async def _cancel(settings: Settings, raw_keys: Sequence[str]) -> int:
@@ -373,10 +509,15 @@ def _complain(message: str) -> int:
     return 1
 
 
+# The states as status shows them (statusview.shown_state), in the order of a job's life.
+_SHOWN_ORDER = ("queued", "polling", "downloading", "retrying", "done", "failed", "canceled")
+
+
 def _summary(jobs: Sequence[Job]) -> str:
-    """``3 jobs: 2 done, 1 failed``, states in their life's order."""
-    counts = collections.Counter(job.state for job in jobs)
-    parts = [f"{counts[state]} {state.value}" for state in JobState if counts[state]]
+    """``3 jobs: 1 retrying, 2 done``: the states as the table shows them, in their life's order."""
+    now = time.time()
+    counts = collections.Counter(shown_state(job, now) for job in jobs)
+    parts = [f"{counts[state]} {state}" for state in _SHOWN_ORDER if counts[state]]
     return f"{len(jobs)} job{'s' if len(jobs) != 1 else ''}: {', '.join(parts)}"
 
 
@@ -384,13 +525,12 @@ def _summary(jobs: Sequence[Job]) -> str:
 STATUS_PAGE = 1000
 
 
-async def _print_all_as_json(store: Store) -> None:
+async def _print_all_as_json(store: Store, *, after: Cursor | None = None) -> None:
     """Every job as the status JSON array, page by page (keyset order), written as it is read.
 
     The text is exactly ``json.dumps(jobs, indent=2)`` of the whole list.
     """
     out = sys.stdout
-    after: Cursor | None = None
     first = True
     while page := await store.list_jobs(limit=STATUS_PAGE, after=after):
         for job in page:
@@ -447,14 +587,29 @@ async def _run(settings: Settings, *, until_idle: bool, http: bool, fail_on_fail
         store = await open_store_when_reachable(settings, stop=stop)
         if store is None:
             return EXIT_OK  # stopped before the store could be reached: nothing was claimed
+        from worker.live import Board, live_display
+
         async with open_worker(settings, store=store) as worker:
-            await run_service(
-                worker,
-                stop=stop,
-                until_idle=until_idle,
-                binding=binding,
-                notifier=Notifier(settings.systemd.notify_socket),
-            )
+
+            async def board() -> Board:
+                phases = worker.runner.in_flight_by_phase()
+                counts = {
+                    "done": worker.engine.outcomes["done"],
+                    "failed": worker.engine.outcomes["failed"],
+                    "polling": phases[Phase.POLL],
+                    "downloading": phases[Phase.TRANSFER],
+                }
+                return Board([(str(key), p) for key, p in worker.runner.transfers()], counts)
+
+            # On a terminal a live display of the downloads sits under the log, which scrolls above.
+            async with live_display(board, enabled=_live_on(sys.stdout, settings.log_format)):
+                await run_service(
+                    worker,
+                    stop=stop,
+                    until_idle=until_idle,
+                    binding=binding,
+                    notifier=Notifier(settings.systemd.notify_socket),
+                )
             failed = worker.engine.outcomes["failed"]
         if fail_on_failed and failed:
             print(f"asset-worker: {failed} job(s) failed in this run (asset-worker status)", file=sys.stderr)

@@ -24,6 +24,7 @@ from worker.envvars import (
     byte_count,
     choice,
     networks,
+    non_negative_float,
     non_negative_int,
     positive_float,
     positive_int,
@@ -98,6 +99,10 @@ class Settings:
     lease_s: float = 60.0
     claim_interval_s: float = 1.0
     grace_s: float = 25.0
+    # How often a download's progress is written to the store (so status and the API of every
+    # replica see it), and how often it is logged (transfer_progress; 0: never).
+    progress_interval_s: float = 2.0
+    progress_log_interval_s: float = 30.0
     chunk_bytes: int = 1 << 20
     log_level: str = "info"
     log_format: str = "auto"
@@ -122,6 +127,16 @@ class Settings:
     providers: Mapping[str, ProviderConfig] = field(default_factory=default_providers)
     # The destination's own settings (an S3Settings for s3://...); None: read from dest_url alone.
     dest_settings: Any = None
+
+    def unconfigured_providers(self) -> dict[str, str]:
+        """Each provider that cannot work yet, with the variable to set (its API key)."""
+        missing = {}
+        for name, config in self.providers.items():
+            spec = PROVIDERS.get(name)
+            variable = spec.missing(config.options) if spec is not None else None
+            if variable is not None:
+                missing[name] = variable
+        return missing
 
     def sink_settings(self) -> Any:
         """The destination's settings: ``dest_settings``, or what ``dest_url`` alone says."""
@@ -187,6 +202,8 @@ _CORE = _vars(
         "LEASE_S": ("lease_s", positive_float),
         "CLAIM_INTERVAL_S": ("claim_interval_s", positive_float),
         "GRACE_S": ("grace_s", positive_float),
+        "PROGRESS_INTERVAL_S": ("progress_interval_s", positive_float),
+        "PROGRESS_LOG_INTERVAL_S": ("progress_log_interval_s", non_negative_float),
         "CHUNK_BYTES": ("chunk_bytes", _chunk),
         "LOG_LEVEL": ("log_level", choice("debug", "info", "warning", "error")),
         "LOG_FORMAT": ("log_format", choice("auto", "json", "console")),

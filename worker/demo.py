@@ -5,17 +5,31 @@ durations (some fail upstream, some meet injected faults: rate limiting, 503 bur
 body, an expired URL, a short file), runs the real worker until nothing is left, then re-reads
 every stored file from disk and checks it against the bytes the simulator generated. It exits 0
 only when every job ended as planned and every file verified.
+
+What it prints fits an 80-column terminal: a line per job as it finishes (injected faults named as
+such), a line of what is under way when nothing finished for two seconds, a summary, and the
+commands to look at, check and remove what it made. ``--wide`` adds full keys and the whole table,
+``--json`` prints every job's status JSON (and the progress lines go to standard error).
+
+Longer than most modules: the plan of faults and what the report says about each belong together,
+and nothing else uses either.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import hashlib
 import ipaddress
+import json
 import random
+import shlex
 import shutil
+import sys
+import textwrap
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -28,7 +42,8 @@ from worker.providers.cloudlayer import CloudlayerSettings
 from worker.providers.layers import LayersSettings
 from worker.simulator.app import Simulator, start_simulator
 from worker.simulator.content import content_sha256
-from worker.statusview import render_table
+from worker.statusview import job_to_json, render_table
+from worker.store import Store
 
 # cloudlayer reports upstream failures as upstream_error; Layers with its own (lower-cased) code.
 _UPSTREAM_FAILURES = frozenset({"upstream_error", "render_failed"})
@@ -40,6 +55,7 @@ class PlannedJob:
     expected: tuple[tuple[int, int], ...]  # (seed, size) of each asset, in order
     fails_upstream: bool
     fault: str | None
+    quirk: str | None = None  # an odd but valid vendor answer the worker must take in its stride
 
 
 def plan_jobs(sim: Simulator, count: int, rng: random.Random) -> list[PlannedJob]:
@@ -50,6 +66,9 @@ def plan_jobs(sim: Simulator, count: int, rng: random.Random) -> list[PlannedJob
     for i in range(count):
         size = int(2_000 * (12_000 ** rng.random()))  # 2 KB .. 24 MB, log-uniform
         fails = i % 7 == 6
+        fault = faults[i // 2] if i % 2 == 0 and i // 2 < len(faults) and not fails else None
+        # One oddity per job at most, so that each line can say which one the job met.
+        unknown_status = i % 9 == 8 and fault is None
         job = sim.add_cloudlayer_job(
             id=f"demo-{i:03d}",
             asset_id=f"asset-{i:03d}",
@@ -58,13 +77,13 @@ def plan_jobs(sim: Simulator, count: int, rng: random.Random) -> list[PlannedJob
             outcome="error" if fails else "success",
             ext=rng.choice(["pdf", "pdf", "png", "jpg", "webp"]),
             asset_via="asset" if i % 5 == 4 else "job",
-            status_style="aliases" if i % 4 == 3 else ("unknown" if i % 9 == 8 else "sdk"),
+            status_style="aliases" if i % 4 == 3 else ("unknown" if unknown_status else "sdk"),
             timestamp_style=styles[i % len(styles)],
             omit_optional=i % 6 == 5,
         )
-        fault = faults[i // 2] if i % 2 == 0 and i // 2 < len(faults) and not fails else None
         _inject(sim, job.id, job.asset_id, fault)
-        planned.append(PlannedJob(JobKey("cloudlayer", job.id), ((job.seed, job.size),), fails, fault))
+        quirk = "unknown status" if unknown_status and not fails else None
+        planned.append(PlannedJob(JobKey("cloudlayer", job.id), ((job.seed, job.size),), fails, fault, quirk))
     return planned
 
 
@@ -99,7 +118,8 @@ def plan_layers(sim: Simulator, count: int, rng: random.Random) -> list[PlannedJ
                 route="files", match=container.generation.assets[0].asset_id, kind="expired", count=1
             )
         expected = tuple((a.seed, a.size) for a in container.generation.assets)
-        planned.append(PlannedJob(key, expected, fails, fault))
+        quirk = "no checksums" if i == 2 and not fails else None
+        planned.append(PlannedJob(key, expected, fails, fault, quirk))
     return planned
 
 
@@ -172,7 +192,130 @@ def fresh_directory(directory: str) -> Path:
     return root
 
 
-async def run_demo(base: Settings, *, directory: str, jobs: int) -> int:
+# The default output fits a terminal this wide; --wide and --json carry the details.
+WIDTH = 80
+# Without a finished job for this long, a line says what is still under way.
+HEARTBEAT_S = 2.0
+# How often the demo looks at the store for finished jobs.
+WATCH_INTERVAL_S = 0.2
+# A key longer than this is shortened in the default output (Layers keys are 47 characters).
+KEY_WIDTH = 19
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How one job ended, against its plan."""
+
+    plan: PlannedJob
+    job: Job
+    as_planned: bool
+    note: str
+
+
+def judge(plan: PlannedJob, job: Job) -> Outcome:
+    """Did the job end as planned? Re-reads its files from disk (blocking: run it on a thread)."""
+    injected = " + ".join(filter(None, [plan.fault, plan.quirk]))
+    if plan.fails_upstream:
+        ok = job.state is JobState.FAILED and job.error is not None and job.error.code in _UPSTREAM_FAILURES
+        note = "upstream failure (injected)" if ok else f"UNEXPECTED: {job.state.value}"
+        return Outcome(plan, job, ok, note)
+    receipts = [a.receipt for a in job.assets if a.receipt is not None]
+    ok = (
+        job.state is JobState.DONE
+        and len(receipts) == len(plan.expected)
+        and all(
+            verify_on_disk(seed, size, r.uri) for (seed, size), r in zip(plan.expected, receipts, strict=True)
+        )
+    )
+    label = "injected fault" if plan.fault else "injected"
+    if ok:
+        note = f"{label}: {injected}, survived" if injected else "verified"
+    else:
+        note = f"NOT VERIFIED ({job.state.value})" + (f", {label}: {injected}" if injected else "")
+    return Outcome(plan, job, ok, note)
+
+
+def human_size(size: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size / 1e3:.0f} kB" if size >= 1e3 else f"{size} B"
+
+
+class Printer:
+    """The demo's lines: short keys and lines clipped to ``WIDTH`` unless ``wide``; on standard error
+    when standard output carries the JSON document."""
+
+    def __init__(self, total: int, *, wide: bool, to_stderr: bool) -> None:
+        self.total = total
+        self.wide = wide
+        self.stream = sys.stderr if to_stderr else sys.stdout
+        self.counter_width = len(f"{total}/{total}")
+        self.last_line_at = time.monotonic()
+
+    def line(self, text: str = "", *, clip: bool = True) -> None:
+        if clip and not self.wide and len(text) > WIDTH:
+            text = text[: WIDTH - 1] + "…"
+        print(text, file=self.stream, flush=True)
+        self.last_line_at = time.monotonic()
+
+    def paragraph(self, text: str) -> None:
+        """Prose, wrapped to the width (words never broken, so a long path stays whole)."""
+        wrapped = text if self.wide else textwrap.fill(text, WIDTH, break_long_words=False)
+        for part in wrapped.splitlines():
+            print(part, file=self.stream, flush=True)
+        self.last_line_at = time.monotonic()
+
+    def header(self) -> None:
+        key_width = 0 if self.wide else KEY_WIDTH
+        self.line(f"{'done':>{self.counter_width}}  {'job':<{key_width}}  {'files':>5}  {'size':>7}  note")
+
+    def finished(self, count: int, outcome: Outcome) -> None:
+        key = str(outcome.job.key)
+        if not self.wide and len(key) > KEY_WIDTH:
+            key = key[: KEY_WIDTH - 1] + "…"
+        receipts = [a.receipt for a in outcome.job.assets if a.receipt is not None]
+        files = str(len(receipts)) if receipts else "-"
+        size = human_size(sum(r.size for r in receipts)) if receipts else "-"
+        counter = f"{count}/{self.total}"
+        key_width = 0 if self.wide else KEY_WIDTH
+        self.line(
+            f"{counter:>{self.counter_width}}  {key:<{key_width}}  {files:>5}  {size:>7}  {outcome.note}"
+        )
+
+    def heartbeat(self, jobs: Sequence[Job], finished: int) -> None:
+        counts = collections.Counter(j.state.value for j in jobs if not j.state.is_final)
+        doing = ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) or "finishing"
+        self.line(f"{'':>{self.counter_width}}  ... {finished}/{self.total} finished; {doing}")
+
+
+async def watch(
+    store: Store, planned: Sequence[PlannedJob], runner: asyncio.Task[None], printer: Printer
+) -> list[Outcome]:
+    """A line for each job as it finishes (its files re-read and checked first), and a line of
+    what is under way whenever none finished for ``HEARTBEAT_S``; until every job is final or the
+    runner stopped."""
+    waiting = {str(p.key): p for p in planned}
+    outcomes: list[Outcome] = []
+    while waiting:
+        runner_stopped = runner.done()
+        jobs = await store.get([p.key for p in waiting.values()])
+        for job in jobs:
+            if job.state.is_final:
+                outcome = await asyncio.to_thread(judge, waiting.pop(str(job.key)), job)
+                outcomes.append(outcome)
+                printer.finished(len(outcomes), outcome)
+        if runner_stopped or not waiting:
+            break
+        if time.monotonic() - printer.last_line_at >= HEARTBEAT_S:
+            printer.heartbeat(jobs, len(outcomes))
+        await asyncio.wait({runner}, timeout=WATCH_INTERVAL_S)
+    return outcomes
+
+
+async def run_demo(
+    base: Settings, *, directory: str, jobs: int, wide: bool = False, as_json: bool = False
+) -> int:
     root = await asyncio.to_thread(fresh_directory, directory)
     rng = random.Random(2026)
     async with start_simulator() as sim:
@@ -181,55 +324,118 @@ async def run_demo(base: Settings, *, directory: str, jobs: int) -> int:
         layers_jobs = plan_layers(sim, max(jobs // 3, 4), rng)
         planned = cloudlayer_jobs + layers_jobs
         settings = demo_settings(base, root, sim)
-        print(
-            f"simulator on {sim.url} (Layers on {sim.layers_url}); {len(cloudlayer_jobs)} cloudlayer "
-            f"jobs and {len(layers_jobs)} Layers containers; store and files under {root}"
+        printer = Printer(len(planned), wide=wide, to_stderr=as_json)
+        printer.paragraph(
+            f"asset-worker demo: {len(cloudlayer_jobs)} cloudlayer jobs and {len(layers_jobs)} Layers "
+            f"containers, served by the built-in simulator on {sim.host_network.split('/')[0]}. "
+            "Some meet injected faults (rate limits, 503s, cut-off bodies, expired URLs) or fail "
+            "upstream on purpose; each must end as planned, its files re-read from disk and "
+            f"checked. Store and files: {display_path(root)}/"
         )
+        printer.line()
+        printer.header()
         started = time.monotonic()
         async with open_worker(settings) as worker:
             for plan in planned:
                 await worker.store.submit(plan.key, now=time.time())
-            await asyncio.wait_for(worker.runner.run(stop=asyncio.Event(), until_idle=True), timeout=600)
-            finished = await worker.store.get([p.key for p in planned])
+            runner = asyncio.create_task(
+                asyncio.wait_for(worker.runner.run(stop=asyncio.Event(), until_idle=True), timeout=600)
+            )
+            try:
+                outcomes = await watch(worker.store, planned, runner, printer)
+                await runner
+            finally:
+                runner.cancel()
+            missed = [p for p in planned if str(p.key) not in {str(o.plan.key) for o in outcomes}]
+            for plan, job in zip(missed, await worker.store.get([p.key for p in missed]), strict=True):
+                outcomes.append(await asyncio.to_thread(judge, plan, job))  # not final: a surprise
     elapsed = time.monotonic() - started
-    return report(planned, finished, elapsed)
+    order = {str(p.key): i for i, p in enumerate(planned)}
+    outcomes.sort(key=lambda o: order[str(o.plan.key)])
+    return report(outcomes, elapsed, root, printer, as_json=as_json)
 
 
-def report(planned: list[PlannedJob], finished: list[Job], elapsed: float) -> int:
-    """Print the table and a summary; 0 when every job ended as planned and verified."""
-    by_key = {str(j.key): j for j in finished}
-    notes: dict[str, str] = {}
-    surprises = 0
-    total_bytes = 0
-    for plan in planned:
-        job = by_key[str(plan.key)]
-        fault = f" (survived {plan.fault})" if plan.fault else ""
-        if plan.fails_upstream:
-            ok = (
-                job.state is JobState.FAILED
-                and job.error is not None
-                and job.error.code in _UPSTREAM_FAILURES
-            )
-            notes[str(plan.key)] = "failed upstream, as planned" if ok else "UNEXPECTED"
-        else:
-            receipts = [a.receipt for a in job.assets if a.receipt is not None]
-            ok = (
-                job.state is JobState.DONE
-                and len(receipts) == len(plan.expected)
-                and all(
-                    verify_on_disk(seed, size, r.uri)
-                    for (seed, size), r in zip(plan.expected, receipts, strict=True)
-                )
-            )
-            total_bytes += sum(r.size for r in receipts)
-            notes[str(plan.key)] = f"verified{fault}" if ok else f"NOT VERIFIED{fault}"
-        surprises += not ok
-    print(render_table([by_key[str(p.key)] for p in planned], extra=notes))
-    done = sum(1 for j in by_key.values() if j.state is JobState.DONE)
-    files = sum(len(j.assets) for j in by_key.values() if j.state is JobState.DONE)
-    failed = sum(1 for j in by_key.values() if j.state is JobState.FAILED)
-    print(
-        f"\n{len(planned)} jobs in {elapsed:.1f} s: {done} done, {files} files verified on disk "
-        f"({total_bytes / 1e6:.1f} MB), {failed} failed upstream as planned, {surprises} surprises"
+def report(outcomes: list[Outcome], elapsed: float, root: Path, printer: Printer, *, as_json: bool) -> int:
+    """The summary and the next steps (and the whole table with --wide, the document with --json);
+    0 when every job ended as planned and every file verified."""
+    surprises = sum(not o.as_planned for o in outcomes)
+    done = [o for o in outcomes if o.job.state is JobState.DONE]
+    receipts = [a.receipt for o in done for a in o.job.assets if a.receipt is not None]
+    failed = sum(o.job.state is JobState.FAILED for o in outcomes)
+    if printer.wide:
+        printer.line()
+        notes = {str(o.job.key): o.note for o in outcomes}
+        printer.line(render_table([o.job for o in outcomes], extra=notes))
+    printer.line()
+    printer.paragraph(
+        f"{len(outcomes)} jobs in {elapsed:.1f} s: {len(done)} done, {len(receipts)} files "
+        f"({human_size(sum(r.size for r in receipts))}) re-read from disk and verified, {failed} "
+        f"failed upstream as planned, {surprises} surprise{'' if surprises == 1 else 's'}."
     )
+    printer.line()
+    for line in next_steps(root):
+        printer.line(line, clip=False)  # a command is never cut: a long path the user chose stays whole
+    if as_json:
+        document = {
+            "directory": str(root),
+            "store": f"sqlite:///{root / 'asset-worker.db'}",
+            "elapsed_s": round(elapsed, 3),
+            "surprises": surprises,
+            "jobs": [
+                {
+                    **job_to_json(o.job),
+                    "injected_fault": o.plan.fault,
+                    "injected_quirk": o.plan.quirk,
+                    "fails_upstream": o.plan.fails_upstream,
+                    "as_planned": o.as_planned,
+                    "note": o.note,
+                }
+                for o in outcomes
+            ],
+        }
+        print(json.dumps(document, indent=2))
     return 0 if surprises == 0 else 1
+
+
+def display_path(path: Path) -> str:
+    """``path`` relative to the working directory when it is inside it (shorter to read and to
+    paste), else absolute."""
+    try:
+        return str(path.relative_to(Path.cwd())) or "."
+    except ValueError:
+        return str(path)
+
+
+def activation() -> str | None:
+    """The command that puts asset-worker on the PATH, when the shell would not find it by name
+    (the README's first command runs ``.venv/bin/asset-worker`` without activating the venv)."""
+    invoked = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
+    if invoked is None or invoked.name != "asset-worker" or shutil.which("asset-worker"):
+        return None
+    activate = invoked.absolute().parent / "activate"
+    return f". {shlex.quote(display_path(activate))}" if activate.is_file() else None
+
+
+def next_steps(root: Path) -> list[str]:
+    """What to do with what the demo made: look at the store, check and find the files, remove it."""
+    shown = display_path(root)
+    quoted = shlex.quote(shown)
+    store = shlex.quote(f"sqlite:///{shown}/asset-worker.db")
+    program = "asset-worker"
+    activate = activation()
+    demo_only = all(e.name == "assets" or e.name.startswith("asset-worker.db") for e in root.iterdir())
+    # Never suggest removing what was in the directory before the demo.
+    cleanup = f"rm -r {quoted}" if demo_only else f"rm -r {quoted}/assets {quoted}/asset-worker.db*"
+    first = ["  asset-worker is not on your PATH; first:", f"    {activate}"] if activate else []
+    return [
+        "Next steps:",
+        *first,
+        "  The jobs, in the store the demo made:",
+        f"    {program} status --store {store}",
+        "  Every stored file re-read and checked against its receipt:",
+        f"    {program} verify --store {store}",
+        "  The files:",
+        f"    ls -R {quoted}/assets",
+        "  Clean up:",
+        f"    {cleanup}",
+    ]

@@ -50,6 +50,7 @@ from worker.errors import (
     WorkerError,
 )
 from worker.lease import Lease, Sleep, deliberate_sleep
+from worker.meter import TransferMeter
 from worker.metrics import Metrics
 from worker.models import (
     AssetRecord,
@@ -339,16 +340,29 @@ class Engine:
                     await self._store.update_asset(job.key, owner=lease.token, ref=ref)
                     needs_refresh = False
                 started = time.monotonic()
-                copy = await fetch_to_sink(
-                    self._session,
-                    ref,
-                    sink,
-                    key_for=functools.partial(self._key, job, ref),
-                    options=self._settings.transfer,
-                    on_progress=lambda _n: lease.touch(),
-                    before_commit=lease.confirm,
-                    wall_clock=self._clock.now,
-                )
+                meter = TransferMeter(ref.asset_id, self._clock.now)
+
+                def received(count: int, meter: TransferMeter = meter) -> None:
+                    lease.touch()
+                    meter.add(count)
+
+                lease.meter = meter
+                try:
+                    copy = await fetch_to_sink(
+                        self._session,
+                        ref,
+                        sink,
+                        key_for=functools.partial(self._key, job, ref),
+                        options=self._settings.transfer,
+                        on_start=meter.start,
+                        on_progress=received,
+                        keep_alive=lease.touch,
+                        keep_on_cancel=lambda: not lease.revoked,
+                        before_commit=lease.confirm,
+                        wall_clock=self._clock.now,
+                    )
+                finally:
+                    lease.meter = None
             except (AssetSetChanged, StorageUnavailable):
                 raise
             except WorkerError as exc:

@@ -75,6 +75,13 @@ def positive_float(text: str) -> float:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    value = number(text)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError("must be a number >= 0")
+    return value
+
+
 def positive_int(text: str) -> int:
     value = whole_number(text)
     if value <= 0:

@@ -14,6 +14,8 @@ import secrets
 from collections.abc import Awaitable, Callable, Iterator
 from contextvars import ContextVar
 
+from worker.meter import TransferMeter
+
 Sleep = Callable[[float], Awaitable[None]]
 
 
@@ -62,12 +64,21 @@ def new_token(worker_id: str) -> str:
 
 
 class Lease:
-    """What the engine needs of a claim: the token to write with, progress, and a fence check."""
+    """What the engine needs of a claim: the token to write with, progress, and a fence check.
+
+    ``meter`` is the download under way, if any: the engine sets it for each asset it fetches and
+    the runner reports it (store, log, live display).
+    """
 
     def __init__(self, token: str, progress: Progress, confirm: Callable[[], Awaitable[None]]) -> None:
         self.token = token
         self.progress = progress
         self._confirm = confirm
+        self.meter: TransferMeter | None = None
+        # Set when the job stops being this claim's (canceled, or taken over by another worker)
+        # before its task is cancelled: nothing it leaves is worth keeping then. A task cancelled
+        # without it is being drained, and leaves a part the next holder can resume.
+        self.revoked = False
 
     def touch(self) -> None:
         self.progress.touch()

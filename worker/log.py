@@ -47,9 +47,23 @@ def _clean(value: Any, *, depth: int) -> Any:
     return value
 
 
+class _CurrentStdout:
+    """Writes to whatever ``sys.stdout`` is at the moment of writing, not at configuration: a live
+    progress display (``worker.live``) swaps it while it runs so log lines scroll above it."""
+
+    def write(self, text: str) -> int:
+        return sys.stdout.write(text)
+
+    def flush(self) -> None:
+        sys.stdout.flush()
+
+    def isatty(self) -> bool:
+        return sys.stdout.isatty()
+
+
 def configure(*, level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
     """Set up structlog for the whole process. ``fmt``: ``auto`` (console on a TTY), ``json``, ``console``."""
-    out = stream or sys.stdout
+    out: Any = stream or _CurrentStdout()
     use_console = fmt == "console" or (fmt == "auto" and out.isatty())
     renderer: Any = structlog.dev.ConsoleRenderer() if use_console else structlog.processors.JSONRenderer()
     structlog.configure(

@@ -117,6 +117,30 @@ class Receipt:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class TransferProgress:
+    """How far the download of one asset has come, as its worker measured it.
+
+    ``total`` is the whole file's size when the vendor published it or the file host announced it;
+    ``bytes`` counts everything held so far, bytes resumed from an earlier attempt included, and
+    ``rate_bps`` is over the last few seconds (so a stall shows as a falling rate, not an average).
+    """
+
+    asset_id: str
+    bytes: int
+    total: int | None
+    rate_bps: float
+    started_at: float
+    updated_at: float
+
+    @property
+    def eta_s(self) -> float | None:
+        """Seconds left at the current rate; None when the size or a rate is unknown."""
+        if self.total is None or self.rate_bps <= 0:
+            return None
+        return max(self.total - self.bytes, 0) / self.rate_bps
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AssetRecord:
     """An asset as the store knows it: what to fetch, and what happened."""
 
@@ -147,6 +171,22 @@ class Job:
     # Where this job's files go when it names its own destination (a file path or s3:// URL);
     # None means the worker's configured ASSET_WORKER_DEST.
     dest: str | None = None
+    # The download under way, as its worker last reported it (None before the first report); a
+    # report outlives its transfer, so readers show it only while the lease is live.
+    progress: TransferProgress | None = None
+
+    def lease_live(self, now: float) -> bool:
+        """A worker holds the job right now (its lease has not run out)."""
+        return self.lease_owner is not None and (self.lease_expires_at or 0.0) > now
+
+    def interrupted(self, now: float) -> bool:
+        """Its last holder stopped without finishing or releasing it (a crash, a hang): the lease
+        ran out with the owner still recorded. The next claim takes it up again."""
+        return (
+            not self.state.is_final
+            and self.lease_owner is not None
+            and (self.lease_expires_at or 0.0) <= now
+        )
 
 
 @dataclass(frozen=True, slots=True)

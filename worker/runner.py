@@ -25,8 +25,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 
 import structlog
 
@@ -35,8 +35,8 @@ from worker.clock import Clock
 from worker.engine import Engine
 from worker.errors import LeaseLost, StoreUnavailable, StoreUnusable, WorkerError, describe
 from worker.lease import Lease, Progress, current_progress, new_token
-from worker.models import Job, JobError, JobKey
-from worker.store.base import Phase, Store
+from worker.models import Job, JobError, JobKey, TransferProgress
+from worker.store.base import Phase, ProgressReport, Store
 
 log = structlog.get_logger("worker.runner")
 
@@ -54,6 +54,15 @@ class RunnerSettings:
     lease_s: float
     claim_interval_s: float
     grace_s: float
+    # How often downloads' progress is written to the store (0: never; the app passes
+    # ASSET_WORKER_PROGRESS_INTERVAL_S) and logged as transfer_progress (0: never).
+    progress_interval_s: float = 0.0
+    progress_log_interval_s: float = 0.0
+    # Providers this worker cannot serve yet, each with the variable to set (its API key): their
+    # jobs are never claimed here, so they wait, queued, for a worker that has the key.
+    unconfigured: Mapping[str, str] = field(default_factory=dict)
+    # The providers it does serve (for counting one provider's waiting jobs by leaving out the rest).
+    served: tuple[str, ...] = ()
 
 
 # A destination's periodic clean-up and its interval in seconds (the S3 janitor).
@@ -113,7 +122,7 @@ class Runner:
         if active is None or active.lost or active.task is None or active.task.done():
             return False
         log.info("job_abandoned", job=str(key))
-        active.lost = True
+        active.lost = active.lease.revoked = True
         active.task.cancel()
         return True
 
@@ -123,8 +132,11 @@ class Runner:
         Raises ``StoreUnusable``, after draining, when the store became unusable.
         """
         log.info("runner_started", worker_id=self._settings.owner, until_idle=until_idle)
+        await self._warn_unconfigured()
         async with asyncio.TaskGroup() as group:
             background = [group.create_task(self._heartbeat())]
+            if self._settings.progress_interval_s > 0:
+                background.append(group.create_task(self._report_progress()))
             if self._housekeeping is not None:
                 background.append(group.create_task(self._housekeep(*self._housekeeping)))
             try:
@@ -137,9 +149,42 @@ class Runner:
                 for task in background:
                     task.cancel()
         if self._unusable is not None:
-            log.error("runner_stopped", worker_id=self._settings.owner, error=self._unusable.code)
+            log.error(
+                "runner_stopped",
+                worker_id=self._settings.owner,
+                error=self._unusable.code,
+                store_transactions=self._store.transactions,
+            )
             raise self._unusable
-        log.info("runner_stopped", worker_id=self._settings.owner)
+        log.info(
+            "runner_stopped", worker_id=self._settings.owner, store_transactions=self._store.transactions
+        )
+
+    @property
+    def _skip(self) -> tuple[str, ...]:
+        return tuple(self._settings.unconfigured)
+
+    async def _warn_unconfigured(self) -> None:
+        """Once, at start: each provider this worker cannot serve that has jobs waiting, with the
+        variable that would let it (a missing key is otherwise found out by nobody, its jobs
+        silently waiting). A store that cannot answer now only costs the warning."""
+        for provider, variable in self._settings.unconfigured.items():
+            # Every other provider's jobs are left out: what is left is this one's (and those of a
+            # provider no worker knows, which fail at their first poll anyway).
+            skip = [name for name in (*self._skip, *self._settings.served) if name != provider]
+            try:
+                waiting, _ = await self._store.unfinished(skip_providers=skip)
+            except WorkerError as exc:
+                log.warning("store_unavailable", error=exc.message)
+                return
+            if waiting:
+                log.warning(
+                    "provider_not_configured",
+                    provider=provider,
+                    set=variable,
+                    message=f"{provider} jobs are waiting and this worker has no {variable}: they stay "
+                    "queued until a worker that has it takes them",
+                )
 
     def _store_unusable(self, exc: StoreUnusable, **context: str) -> None:
         """Note that the store refuses for good; the claim loop stops at its next turn."""
@@ -161,7 +206,7 @@ class Runner:
                     await self._renew_alive()
                 claimed = await self._claim(group, Phase.TRANSFER, self._settings.concurrency)
                 claimed += await self._claim(group, Phase.POLL, await self._poll_room())
-                busy, next_due = await self._store.unfinished()
+                busy, next_due = await self._store.unfinished(skip_providers=self._skip)
             except StoreUnusable as exc:
                 # Waiting cannot help (a damaged or read-only file): stop claiming and let the
                 # command exit with the reason, rather than retry forever.
@@ -201,7 +246,9 @@ class Runner:
         ones running carry on. A few long downloads never stop polling: that takes more ready jobs
         waiting than the poll pool holds."""
         ahead = max(2 * self._settings.concurrency, self._settings.poll_concurrency)
-        waiting = await self._store.due_count(phase=Phase.TRANSFER, now=self._clock.now(), limit=ahead)
+        waiting = await self._store.due_count(
+            phase=Phase.TRANSFER, now=self._clock.now(), limit=ahead, skip_providers=self._skip
+        )
         return self._settings.poll_concurrency if waiting < ahead else 0
 
     async def _claim(self, group: asyncio.TaskGroup, phase: Phase, limit: int) -> int:
@@ -211,7 +258,12 @@ class Runner:
             return 0
         token = new_token(self._settings.owner)
         jobs = await self._store.claim(
-            owner=token, phase=phase, now=self._clock.now(), lease_s=self._settings.lease_s, limit=free
+            owner=token,
+            phase=phase,
+            now=self._clock.now(),
+            lease_s=self._settings.lease_s,
+            limit=free,
+            skip_providers=self._skip,
         )
         for job in jobs:
             stale = self._active.get(job.key)
@@ -219,7 +271,7 @@ class Runner:
                 # Our own earlier task let the lease run out (stuck on a silent socket) and the job
                 # came back: the new claim's token fences the old task off; stop it too.
                 log.warning("lease_expired_in_flight", job=str(job.key))
-                stale.lost = True
+                stale.lost = stale.lease.revoked = True
                 if stale.task is not None:
                     stale.task.cancel()
             lease = Lease(token, Progress(self._clock.now), functools.partial(self._confirm, job.key, token))
@@ -315,7 +367,7 @@ class Runner:
             if task.done():
                 return
             log.warning("lease_lost", job=str(key))
-            active.lost = True
+            active.lost = active.lease.revoked = True
             task.cancel()
         except StoreUnavailable as exc:
             log.warning("store_unavailable", job=str(key), error=exc.message)
@@ -323,6 +375,49 @@ class Runner:
             self._store_unusable(exc, job=str(key))
         except Exception as exc:
             log.exception("lease_renewal_failed", job=str(key), error=describe(exc))
+
+    def transfers(self) -> list[tuple[JobKey, TransferProgress]]:
+        """Every download under way in this process, measured now (for a live display)."""
+        return [
+            (key, active.lease.meter.snapshot())
+            for key, active in list(self._active.items())
+            if active.lease.meter is not None and not active.lost
+        ]
+
+    async def _report_progress(self) -> None:
+        """Write every download's progress to the store at the progress cadence (one transaction
+        for all of them), so ``status`` and the API of any replica show it; log each download that
+        has run a log interval with a ``transfer_progress`` line, every log interval.
+
+        Progress is advisory: a store that cannot take it now is logged and tried next time, and
+        never disturbs the transfers."""
+        interval = self._settings.progress_interval_s
+        log_every = self._settings.progress_log_interval_s
+        next_log = self._clock.now() + log_every
+        while True:
+            await self._clock.sleep(interval)
+            reports = [
+                ProgressReport(key, active.lease.token, progress)
+                for key, active in list(self._active.items())
+                if active.lease.meter is not None and not active.lost
+                for progress in [active.lease.meter.snapshot()]
+            ]
+            if not reports:
+                continue
+            try:
+                await self._store.record_progress(reports)
+            except StoreUnusable as exc:
+                keys = [str(report.key) for report in reports]
+                where = {"job": keys[0]} if len(keys) == 1 else {"jobs": ", ".join(keys)}
+                self._store_unusable(exc, **where)
+            except WorkerError as exc:
+                log.warning("progress_not_recorded", error=exc.code, message=exc.message)
+            now = self._clock.now()
+            if log_every and now >= next_log:
+                next_log = now + log_every
+                for report in reports:
+                    if now - report.progress.started_at >= log_every:
+                        _log_progress(report)
 
     async def _housekeep(self, chore: Callable[[], Awaitable[None]], interval_s: float) -> None:
         """Run a destination's clean-up every ``interval_s`` (its first run happens when the
@@ -346,6 +441,21 @@ class Runner:
             for task in still_running:
                 task.cancel()
             await asyncio.wait(still_running)
+
+
+def _log_progress(report: ProgressReport) -> None:
+    progress = report.progress
+    eta = progress.eta_s
+    log.info(
+        "transfer_progress",
+        job=str(report.key),
+        asset=progress.asset_id,
+        bytes=progress.bytes,
+        total=progress.total,
+        percent=None if not progress.total else round(100 * progress.bytes / progress.total, 1),
+        rate_bps=round(progress.rate_bps),
+        eta_s=None if eta is None else round(eta, 1),
+    )
 
 
 async def _wait_any(aws: list[Awaitable[object]], *, timeout_s: float) -> None:

@@ -7,7 +7,10 @@ The body is read on the event loop while the previous chunk is hashed (in a thre
 releases the GIL) and written (aiofiles, also a thread): receiving, hashing and writing overlap,
 and memory stays at about two chunks whatever the file size. A body that breaks off is resumed
 with ``Range`` when the file host supports it, so a reset near the end of a 1 GiB file does not
-cost the whole download again.
+cost the whole download again. Across processes too: a destination that keeps a drained or killed
+process's bytes (``ResumableUpload``) is asked, once the first answer names the file, whether it
+holds bytes of exactly that file; those are read again into the hash and the rest is asked for with
+``Range`` and ``If-Range``, so the file host itself confirms that the file has not changed.
 
 The URL is a third party's, so nothing about it is trusted: the scheme must be http(s), every
 redirect hop (at most ``MAX_REDIRECTS``, never https to http) is checked again, and the session's
@@ -52,7 +55,7 @@ from worker.errors import (
 )
 from worker.models import AssetRef
 from worker.policy import SpeedFloor, is_expired_source_status, is_retryable_status, parse_retry_after
-from worker.sinks.base import Committed, Sink, Upload
+from worker.sinks.base import Committed, ResumableUpload, Sink, SourceEntity, Upload
 
 log = structlog.get_logger("worker.transfer")
 
@@ -69,6 +72,8 @@ class StoredCopy:
     sha256: str
     upstream_verified: bool
     resumes: int
+    # Bytes an earlier process left that were used instead of being downloaded again.
+    reused_bytes: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -122,26 +127,41 @@ async def fetch_to_sink(
     key_for: Callable[[str | None], str],
     options: TransferOptions,
     on_progress: Callable[[int], None] = lambda _n: None,
+    on_start: Callable[[int | None, int], None] = lambda _total, _offset: None,
+    keep_alive: Callable[[], None] = lambda: None,
+    keep_on_cancel: Callable[[], bool] = lambda: True,
     before_commit: Callable[[], Awaitable[None]] | None = None,
     wall_clock: Callable[[], float] = time.time,
 ) -> StoredCopy:
     """Download ``ref.url`` into ``sink`` under ``key_for(content_type)``; verify, then commit.
 
+    ``on_start(total, offset)`` is called once per response, right before its body is read: the
+    whole file's size when known, and how many of its bytes are already held (earlier responses,
+    and bytes an earlier process left); ``on_progress(n)`` for every ``n`` bytes received;
+    ``keep_alive()`` while bytes an earlier process left are read again (from that reading's
+    thread: it may only note the time). ``keep_on_cancel()`` says, when the transfer is cancelled,
+    whether its bytes are worth keeping for a later holder of the job (a drain) or not (the job
+    was canceled, or taken over).
     ``before_commit`` runs after verification and before the object becomes visible (the lease
     fence). Raises ``SourceExpired`` (403/404/410: refresh the URL), ``UpstreamUnavailable``
     (429/5xx or no connection), ``IncompleteTransfer``/``TransferStalled``, ``IntegrityError``,
     ``DestinationBlocked`` (refused scheme, address or redirect), ``AssetTooLarge``, or what the
     sink raises (``StorageError``). Whatever happens, nothing is left under the key unless it
-    verified.
+    verified; a cancelled (drained) transfer leaves what a later process can resume, when the
+    destination and the file host allow it.
     """
     digest = Digest()
     upload: Upload | None = None
     entity = _Entity()
     resumes = 0
+    # Bytes taken over from an earlier process: offered (not yet confirmed by the file host), then
+    # reused once it answered 206 to If-Range.
+    offered = reused = 0
     _refuse_oversized(ref.expected_size, ref, options)
     try:
         while True:
             offset = digest.size
+            held = 0
             try:
                 async with _get_following_redirects(
                     session, ref.url, _request_headers(offset, entity), options.egress
@@ -157,12 +177,26 @@ async def fetch_to_sink(
                             expected_size=ref.expected_size or entity.total,
                             expected_sha256=normalise_sha256(ref.expected_sha256),
                         )
-                    if start == 0 and offset:
+                        held = await _declare(upload, resp, entity)
+                    elif start == 0 and offset:
                         # The host sent the whole file again (it ignored Range, or If-Range found
                         # a different file): start over rather than splice.
                         await upload.restart()
                         digest = Digest()
-                    await _pump(resp, upload, digest, cap, options, on_progress)
+                        if offered and not reused:
+                            _log_disk_resume_refused(ref, upload, offered)
+                        offered = reused = 0
+                        await _declare(upload, resp, entity)
+                    elif offered and not reused:
+                        reused = offered
+                        _log_disk_resume(ref, upload, reused, entity)
+                    if held:
+                        # Bytes of this very file are on disk: this body is not needed from its
+                        # start. Dropped now rather than held open while they are hashed again.
+                        resp.close()
+                    else:
+                        on_start(ref.expected_size or entity.total, digest.size)
+                        await _pump(resp, upload, digest, cap, options, on_progress)
             except (aiohttp.ClientError, TimeoutError) as exc:
                 # Body errors became _BodyBroke in _pump; this one happened before any body byte
                 # arrived (connect, reset, headers): a transient failure of the file host, unless
@@ -179,6 +213,16 @@ async def fetch_to_sink(
                     ) from broke.__cause__
                 resumes += 1
                 log.info("transfer_resumed", url=strip_query(ref.url), offset=digest.size, resumes=resumes)
+                continue
+            if held:
+                assert isinstance(upload, ResumableUpload)  # only such an upload holds bytes
+                await upload.replay(_feeding(digest, keep_alive))
+                offered = held
+                if held == entity.total:
+                    # The whole file was already there: nothing left to ask the host for.
+                    reused = held
+                    _log_disk_resume(ref, upload, reused, entity)
+                    break
                 continue
             break
         sha256 = digest.hexdigest()
@@ -200,11 +244,59 @@ async def fetch_to_sink(
             sha256=sha256,
             upstream_verified=verified,
             resumes=resumes,
+            reused_bytes=reused,
         )
+    except asyncio.CancelledError:
+        # A drain or a shutdown: the bytes are good, only this process is going away. A destination
+        # that can keep them for the next holder of the job does; any other failure removes them.
+        if upload is not None:
+            if isinstance(upload, ResumableUpload) and keep_on_cancel():
+                await shielded(upload.suspend())
+            else:
+                await shielded(upload.abort())
+        raise
     except BaseException:
         if upload is not None:
             await shielded(upload.abort())
         raise
+
+
+def _feeding(digest: Digest, keep_alive: Callable[[], None]) -> Callable[[bytes], None]:
+    def feed(block: bytes) -> None:
+        digest.update(block)
+        keep_alive()
+
+    return feed
+
+
+async def _declare(upload: Upload, resp: aiohttp.ClientResponse, entity: _Entity) -> int:
+    """Tell a resumable destination which file the bytes will be, when the file host could resume
+    it for a later process (``Accept-Ranges: bytes``, a validator, a known size); returns how many
+    of its first bytes the destination already holds from an earlier process."""
+    if not isinstance(upload, ResumableUpload):
+        return 0
+    if resp.headers.get("Accept-Ranges", "").lower() != "bytes":
+        return 0
+    if entity.validator is None or not entity.total:
+        return 0
+    return await upload.resume(SourceEntity(entity.validator, entity.total))
+
+
+def _log_disk_resume(ref: AssetRef, upload: Upload, saved: int, entity: _Entity) -> None:
+    log.info(
+        "transfer_resumed_from_disk",
+        url=strip_query(ref.url),
+        key=upload.key,
+        bytes_saved=saved,
+        total=entity.total,
+    )
+
+
+def _log_disk_resume_refused(ref: AssetRef, upload: Upload, offered: int) -> None:
+    # If-Range found a different file: the kept bytes were of an older version.
+    log.info(
+        "transfer_resume_from_disk_refused", url=strip_query(ref.url), key=upload.key, bytes_dropped=offered
+    )
 
 
 @contextlib.asynccontextmanager

@@ -27,7 +27,7 @@ from tests.cli_support import (
     Result,
     cli,
     cli_environment,
-    files_under,
+    kept_for_resume_only,
     start,
     status_json,
     wait_for_part_file,
@@ -237,7 +237,8 @@ async def test_a_store_damaged_mid_run_ends_the_run_after_draining(
     sim: Simulator, cli_env: dict[str, str], tmp_path: Path
 ) -> None:
     """The store is damaged while a download is under way: the worker stops claiming, gives the
-    download its grace period, cancels it (its temp file removed) and exits 1 with one line."""
+    download its grace period, cancels it (its part kept for the next holder, nothing under a
+    final name) and exits 1 with one line."""
     sim.add_cloudlayer_job(id="big", pending_s=0, size=1024 * 1024 * 1024)
     env = {**cli_env, "ASSET_WORKER_GRACE_S": "1"}
     assert (await cli(env, "submit", "cloudlayer:big")).code == 0
@@ -254,7 +255,7 @@ async def test_a_store_damaged_mid_run_ends_the_run_after_draining(
     assert "store_unusable" in names
     order = [names.index(e) for e in ("runner_draining", "runner_grace_expired", "runner_stopped")]
     assert order == sorted(order)
-    assert files_under(tmp_path / "assets") == []
+    assert kept_for_resume_only(tmp_path / "assets")
 
 
 async def test_a_write_error_while_a_download_runs_ends_the_run_at_the_next_renewal(
@@ -280,7 +281,7 @@ async def test_a_write_error_while_a_download_runs_ends_the_run_at_the_next_rene
     assert_one_unusable_line(result, tmp_path / "cli.db", "hit an I/O error", "SQLITE_IOERR", "system log")
     first = next(e for e in events(result.out) if e["event"] == "store_unusable")
     assert first.get("job") == "cloudlayer:big", first  # not a claim of the job after its lease expired
-    assert files_under(tmp_path / "assets") == []
+    assert kept_for_resume_only(tmp_path / "assets")
 
 
 # -- waited out ----------------------------------------------------------------------------

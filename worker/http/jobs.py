@@ -94,13 +94,15 @@ async def submit_jobs(request: web.Request) -> web.Response:
     for key, _ in wanted:
         result = submitted[key]
         # dest is the job's as stored: a job that already existed keeps its own.
-        results.append({"created": result.created, "dest": result.job.dest, "job": job_to_json(result.job)})
+        job = job_to_json(result.job, service.clock.now())
+        results.append({"created": result.created, "dest": result.job.dest, "job": job})
     service.wake()
     return web.json_response({"results": results})
 
 
 async def get_job(request: web.Request) -> web.Response:
-    return web.json_response(job_to_json(await _existing(request)))
+    job = await _existing(request)
+    return web.json_response(job_to_json(job, request.app[SERVICE].clock.now()))
 
 
 async def list_jobs(request: web.Request) -> web.Response:
@@ -117,7 +119,8 @@ async def list_jobs(request: web.Request) -> web.Response:
     jobs = await service.store.list_jobs(states=states, limit=limit + 1, after=after)
     page = jobs[:limit]
     next_cursor = encode_cursor(page[-1]) if len(jobs) > limit else None
-    return web.json_response({"jobs": [job_to_json(j) for j in page], "next_cursor": next_cursor})
+    now = service.clock.now()
+    return web.json_response({"jobs": [job_to_json(j, now) for j in page], "next_cursor": next_cursor})
 
 
 async def retry_job(request: web.Request) -> web.Response:
@@ -132,7 +135,7 @@ async def retry_job(request: web.Request) -> web.Response:
     if not result.requeued:  # someone else requeued it between our read and our write
         raise ApiError("job_in_progress", f"{job.key} is {result.job.state.value} already")
     service.wake()
-    return web.json_response(job_to_json(result.job))
+    return web.json_response(job_to_json(result.job, service.clock.now()))
 
 
 async def cancel_job(request: web.Request) -> web.Response:
@@ -146,7 +149,7 @@ async def cancel_job(request: web.Request) -> web.Response:
     if job.state is not JobState.CANCELED:
         raise ApiError("job_already_final", f"{key} is already {job.state.value}")
     service.abandon(key)
-    return web.json_response(job_to_json(job))
+    return web.json_response(job_to_json(job, service.clock.now()))
 
 
 def encode_cursor(job: Job) -> str:

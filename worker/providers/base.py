@@ -145,6 +145,9 @@ class ProviderSpec(Generic[S]):
     # The ids check_id accepts, as a pattern for the HTTP API's document (a schema-driven client
     # then sends no key the API refuses); ids are also 1-256 characters JobKey.parse accepts.
     id_pattern: str = ANY_ID_PATTERN
+    # The variable a user must set before this provider can work at all (its API key), when it is
+    # not set; None when it is ready. A worker leaves such a provider's jobs queued for one that can.
+    missing: Callable[[S], str | None] = field(default=lambda _s: None)
     # Advice worth a warning at start (a schedule faster than the vendor allows): (event, fields).
     advice: Callable[[S, Schedule], tuple[tuple[str, dict[str, object]], ...]] = field(
         default=lambda _s, _sch: ()

@@ -194,5 +194,6 @@ SPEC = ProviderSpec(
     check_id=_check_id,
     build=_build,
     secrets=lambda settings: (settings.api_key,),
+    missing=lambda settings: None if settings.api_key else "CLOUDLAYER_API_KEY",
     advice=_advice,
 )

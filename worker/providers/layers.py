@@ -417,4 +417,5 @@ SPEC = ProviderSpec(
     id_pattern=ID_PATTERN,
     build=_build,
     secrets=lambda settings: (settings.api_key,),
+    missing=lambda settings: None if settings.api_key else "LAYERS_API_KEY",
 )

@@ -3,6 +3,9 @@
 An ``Upload`` receives the bytes of one asset in order. Nothing is visible under the final key
 until ``commit`` (which the transfer calls only after verification); ``abort`` removes every trace
 of the attempt. Both are safe to call after a failure, and ``abort`` after ``commit`` does nothing.
+
+A destination that can keep a partly written object for a later process implements
+``ResumableUpload`` as well (a separate capability, so every other ``Upload`` stays as it is).
 """
 
 from __future__ import annotations
@@ -11,11 +14,12 @@ import re
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 from worker.envvars import Var
 from worker.errors import ConfigError
 from worker.models import Receipt
+from worker.sinks.readback import Reader
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -49,6 +53,44 @@ class Upload(Protocol):
 
     async def abort(self) -> None:
         """Remove whatever this upload wrote; never raises for a missing temp object."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class SourceEntity:
+    """Which bytes a download is made of, as a later process can check again: the file host's
+    validator (a strong ETag, else Last-Modified, what ``If-Range`` sends back) and the file's total
+    size. Not the URL: a pre-signed URL changes with every refresh while the file stays the same.
+    Together with the key (where the bytes are going) it names the entity a kept part belongs to."""
+
+    validator: str
+    total: int
+
+
+@runtime_checkable
+class ResumableUpload(Upload, Protocol):
+    """An upload that can be continued by a later process (one that was killed or drained).
+
+    The transfer calls ``resume`` when the file host allows it (``Accept-Ranges: bytes`` and a
+    validator), before the first body byte; on cancellation it calls ``suspend`` instead of
+    ``abort``. A destination that cannot keep bytes across processes simply does not implement it.
+    """
+
+    async def resume(self, entity: SourceEntity) -> int:
+        """Declare that the bytes to come are ``entity``'s, and take over what an earlier process
+        left of exactly that entity: returns how many of its first bytes this upload already holds
+        (0: none, start from zero), written after. Called again after ``restart`` for the entity
+        that then replaces the first."""
+        ...
+
+    async def replay(self, feed: Callable[[bytes], None]) -> None:
+        """Pass the bytes ``resume`` found, in order, to ``feed`` (from a worker thread), so the
+        transfer hashes the whole file; nothing already held is trusted without being read again."""
+        ...
+
+    async def suspend(self) -> None:
+        """Stop without publishing, keeping what was written for a later ``resume`` of the same
+        entity (an upload with nothing resumable aborts instead)."""
         ...
 
 
@@ -94,6 +136,9 @@ class OpenedSink:
 
     sink: Sink
     housekeeping: Housekeeping | None = None
+    # A look at whether this process can write there at all, run once at start: a reason it cannot,
+    # or None (its jobs wait for a fix either way; this only tells the operator early).
+    check: Callable[[], Awaitable[str | None]] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +193,9 @@ class SinkSpec(Generic[S]):
     job_dest: Callable[[str, str], JobDest]
     open: Callable[[S], AbstractAsyncContextManager[OpenedSink]]
     secrets: Callable[[Mapping[str, str]], tuple[str | None, ...]] = lambda _env: ()
+    # (its settings when the worker's destination is of this kind, else None; the first URI to read)
+    # -> a reader of stored copies for `verify` (worker.sinks.readback), or None when it has none.
+    open_reader: Callable[[Any, str], AbstractAsyncContextManager[Reader]] | None = None
 
 
 AnySinkSpec = SinkSpec[Any]

@@ -3,6 +3,15 @@
 A reader of the destination sees either no file or the whole verified file, never a partial one:
 bytes go to ``.<name>.<token>.part`` in the same directory (same file system, so ``os.replace``
 is atomic), and the rename happens only after the transfer verified size and sha256.
+
+A download the file host can resume goes to ``.<name>.resume.part`` instead, which a drained or
+killed process leaves for the next holder of the job to continue (``file_resume`` says how and why
+it is safe).
+
+Longer than most modules on purpose: an upload's three endings (published, removed, kept for a
+later process) and the sink's checks before the first byte (inside the root, room, orphans) guard
+the same temp files, and each must be read with the others; the part's own rules live in
+``file_resume``.
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ import os
 import re
 import secrets
 import stat
+import threading
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -25,9 +35,20 @@ from urllib.parse import unquote, urlsplit
 import aiofiles
 import structlog
 
+from worker.aio import shielded
 from worker.errors import ConfigError, StorageError, StorageInterrupted, StorageRejected, StorageUnavailable
 from worker.models import Receipt
-from worker.sinks.base import Committed, JobDest, OpenedSink, SinkSpec, check_subpath, not_inside
+from worker.sinks import file_resume
+from worker.sinks.base import (
+    Committed,
+    JobDest,
+    OpenedSink,
+    SinkSpec,
+    SourceEntity,
+    check_subpath,
+    not_inside,
+)
+from worker.sinks.file_read import open_file_reader
 
 log = structlog.get_logger("worker.sinks.file")
 
@@ -37,6 +58,9 @@ TEMP_SUFFIX = ".part"
 # read-only remount undone), so the job waits for it instead of failing.
 _FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 _DOWN_ERRNOS = frozenset({errno.EIO, errno.EAGAIN, errno.EBUSY, errno.EMFILE, errno.ENFILE, errno.EROFS})
+# The worker's user may not write there: an operator's fix (ownership, mode, a mount option) is
+# waited for, as a full disk is, rather than failing every job that meets it before anyone looks.
+_DENIED_ERRNOS = frozenset({errno.EACCES, errno.EPERM})
 # This one write went wrong: a temp file removed under us (by a worker that took the job over) is
 # a reason to try the asset again, not a broken destination.
 _INTERRUPTED_ERRNOS = frozenset({errno.ENOENT})
@@ -46,11 +70,24 @@ _TEMP_TOKEN_HEX = 12
 FREE_SPACE_MARGIN_MAX_BYTES = 64 << 20
 
 
+class OutsideRoot(PermissionError):
+    """A directory of the destination resolves outside its root (a symlink): refused for good,
+    never waited for like a permission an operator may still fix."""
+
+
 def translate_os_error(exc: OSError, key: str) -> StorageError:
     """Map an ``OSError`` to the exception tree (one boundary for every file operation); anything
     not known to heal is a configuration problem an operator must fix (permissions, a file where a
     directory should be)."""
     detail = f"{key}: {exc.strerror or exc}"
+    if isinstance(exc, OutsideRoot):
+        return StorageRejected(f"cannot write {detail}", key=key, code="storage_rejected")
+    if exc.errno in _DENIED_ERRNOS:
+        return StorageUnavailable(
+            f"cannot write {detail} (the worker's user lacks permission; jobs wait until that is fixed)",
+            key=key,
+            code="dest_not_writable",
+        )
     if exc.errno in _FULL_ERRNOS:
         return StorageUnavailable(f"cannot write {detail}", key=key, code="disk_full")
     if exc.errno in _DOWN_ERRNOS:
@@ -64,7 +101,11 @@ class FileUpload:
     """One asset being written to a temp file; see the module docstring.
 
     ``file`` is the temp file, open for binary writing; its writes go through aiofiles, its
-    publication (flush, fsync, close, rename, directory fsync) is one hand-off to a thread.
+    publication (flush, fsync, rename, directory fsync, close) is one hand-off to a thread.
+
+    It starts on a random temp file; ``resume`` moves it to the target's resumable part when it can
+    lock that part (the random temp, still empty, is removed), and from then on it holds the part's
+    lock until it ends: published, removed (``abort``) or kept (``suspend``).
     """
 
     def __init__(
@@ -85,6 +126,11 @@ class FileUpload:
         self._fsync = fsync
         self._closed = False
         self._committed = False
+        # Set once this upload holds the target's resumable part (and its lock).
+        self._resumable = False
+        # The entity the part's record names; None while it names none (after restart).
+        self._entity: SourceEntity | None = None
+        self._held = 0
 
     async def write(self, chunk: bytes) -> None:
         try:
@@ -97,15 +143,63 @@ class FileUpload:
         try:
             await self._handle.seek(0)
             await self._handle.truncate()
+            if self._resumable:
+                # The source changed: the part must not stay described as the old file's.
+                await asyncio.to_thread(file_resume.forget_record, self._final)
         except OSError as exc:
             raise translate_os_error(exc, self.key) from exc
+        self._entity = None
+        self._held = 0
+
+    async def resume(self, entity: SourceEntity) -> int:
+        """See ``ResumableUpload.resume``. Shielded: once the part is locked, this upload must own
+        it (so ``abort`` or ``suspend`` releases it) even if the transfer is cancelled meanwhile."""
+        try:
+            return await shielded(self._resume(entity))
+        except OSError as exc:
+            raise translate_os_error(exc, self.key) from exc
+
+    async def replay(self, feed: Callable[[bytes], None]) -> None:
+        """See ``ResumableUpload.replay``. A cancellation stops the reading thread after its block
+        (a few ms) rather than hashing gigabytes on, and waits for it, so the descriptor it reads
+        is never closed under it."""
+        stop = threading.Event()
+        fd = self._file.fileno()
+        task = asyncio.ensure_future(asyncio.to_thread(file_resume.replay, fd, self._held, feed, stop))
+        try:
+            done = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            stop.set()
+            with contextlib.suppress(Exception):
+                await shielded(task)
+            raise
+        except OSError as exc:
+            raise translate_os_error(exc, self.key) from exc
+        if done != self._held:
+            raise StorageInterrupted(
+                f"{self.key}: the kept part ended at byte {done} of {self._held} while read again",
+                key=self.key,
+                code="storage_interrupted",
+            )
+
+    async def suspend(self) -> None:
+        """See ``ResumableUpload.suspend``: the part is flushed (to the page cache, not fsynced: see
+        ``file_resume``) and closed, which releases its lock."""
+        if not self._resumable or self._entity is None or self._committed:
+            await self.abort()
+            return
+        with contextlib.suppress(OSError):
+            await self._close()
+        log.info("resume_part_kept", key=self.key, path=str(self._temp))
 
     async def commit(self, *, size: int, sha256: str) -> Committed:
         self._space.release(self)
         self._closed = True
         try:
             # One hand-off to the file thread for the whole publication.
-            await asyncio.to_thread(_publish, self._file, self._temp, self._final, self._fsync)
+            await asyncio.to_thread(
+                _publish, self._file, self._temp, self._final, self._fsync, resumable=self._resumable
+            )
         except OSError as exc:
             raise translate_os_error(exc, self.key) from exc
         self._committed = True
@@ -115,16 +209,48 @@ class FileUpload:
         self._space.release(self)
         if self._committed:
             return
-        with contextlib.suppress(OSError):
-            await self._close()
+        # Removed before it is closed: a resumable part's lock must cover its removal, or a
+        # newcomer could lock it in between and lose it under its feet.
         with contextlib.suppress(FileNotFoundError):
             await asyncio.to_thread(self._temp.unlink)
+        if self._resumable:
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(file_resume.forget_record, self._final)
+        with contextlib.suppress(OSError):
+            await self._close()
+
+    async def _resume(self, entity: SourceEntity) -> int:
+        if self._resumable:
+            # Already ours, and empty since restart(): it now holds the new entity.
+            await asyncio.to_thread(file_resume.write_record, self._final, entity)
+            self._entity = entity
+            return 0
+        claimed = await asyncio.to_thread(file_resume.claim, self._final, entity)
+        if claimed is None:
+            log.info("resume_part_busy", key=self.key, path=str(file_resume.part_path(self._final)))
+            return 0
+        if claimed.discarded is not None:
+            log.info("resume_part_discarded", key=self.key, reason=claimed.discarded)
+        old_file, old_temp = self._file, self._temp
+        self._file, self._handle = claimed.file, aiofiles.threadpool.wrap(claimed.file)
+        self._temp = file_resume.part_path(self._final)
+        self._resumable, self._entity, self._held = True, entity, claimed.held
+        # Bytes already on disk need no room reserved for them.
+        self._space.wrote(self, claimed.held)
+        await asyncio.to_thread(_close_and_remove, old_file, old_temp)
+        return claimed.held
 
     async def _close(self) -> None:
         self._space.release(self)
         if not self._closed:
             self._closed = True
             await self._handle.close()
+
+
+def _close_and_remove(file: Any, path: Path) -> None:
+    file.close()
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
 
 
 class SpaceBook:
@@ -153,15 +279,24 @@ class SpaceBook:
         self._outstanding.pop(upload, None)
 
 
-def _publish(file: Any, temp: Path, final: Path, fsync: Callable[[int], None]) -> None:
-    """Flush, fsync and close the temp file, then rename it durably over ``final``."""
+def _publish(file: Any, temp: Path, final: Path, fsync: Callable[[int], None], *, resumable: bool) -> None:
+    """Flush and fsync the temp file, rename it durably over ``final``, then close it.
+
+    Closed last: a resumable part's lock (released by the close) must cover its rename, so no
+    newcomer takes over a part that is being published. Whatever part of the target is left (our
+    record, or a stale part nobody holds) goes, so nothing stays behind a published file.
+    """
     try:
         file.flush()
         # fsync before the rename: otherwise a crash can leave a renamed but empty file.
         fsync(file.fileno())
+        _replace_durably(temp, final, fsync)
+        if resumable:
+            file_resume.forget_record(final)
+        else:
+            file_resume.remove_if_free(final)
     finally:
         file.close()
-    _replace_durably(temp, final, fsync)
 
 
 def _replace_durably(temp: Path, final: Path, fsync: Callable[[int], None]) -> None:
@@ -180,7 +315,8 @@ class FileSink:
     When an upload starts, other temp files of the same target are removed. The caller holds the
     job's lease, so any such file belongs to a worker that died or lost the lease mid-transfer and
     can never be completed. (An age threshold instead would race with the dead worker's last
-    writes.)
+    writes.) The target's resumable part is not swept here: it may be continued, and the upload
+    decides once it knows the entity (``FileUpload.resume``) or when it publishes.
 
     ``fsync`` is ``os.fsync`` unless a test needs to see when the file and its directory are synced
     (its effect shows only after a power loss).
@@ -244,8 +380,10 @@ class FileSink:
         """The directory made, room checked, the temp file created: an open binary file."""
         self._prepare_dir(final)
         if expected_size is not None:
-            # Before a byte is fetched: a download that cannot fit would only fill the disk.
-            self._check_room(key, final.parent, expected_size)
+            # Before a byte is fetched: a download that cannot fit would only fill the disk. A
+            # resumable part of the target is either continued or emptied, so its bytes count as
+            # room.
+            self._check_room(key, final.parent, expected_size - _size_or_zero(file_resume.part_path(final)))
         return open(temp, "xb")
 
     def _prepare_dir(self, final: Path) -> None:
@@ -265,6 +403,7 @@ class FileSink:
         self._check_inside(parent)
 
     def _check_room(self, key: str, directory: Path, size: int) -> None:
+        size = max(size, 0)
         stats = os.statvfs(directory)
         free = stats.f_bavail * stats.f_frsize - self._space.reserved()
         margin = min(FREE_SPACE_MARGIN_MAX_BYTES, stats.f_blocks * stats.f_frsize // 100)
@@ -290,7 +429,7 @@ class FileSink:
                 return
         real_root = os.path.realpath(self.root)
         if os.path.commonpath([real_root, os.path.realpath(directory)]) != real_root:
-            raise PermissionError(errno.EACCES, "destination directory resolves outside the root")
+            raise OutsideRoot(errno.EACCES, "destination directory resolves outside the root")
 
     def _remove_orphaned_temps(self, final: Path) -> None:
         pattern = re.compile(
@@ -302,6 +441,13 @@ class FileSink:
             with contextlib.suppress(FileNotFoundError):
                 temp.unlink()
                 log.info("orphaned_temp_removed", path=str(temp))
+
+
+def _size_or_zero(path: Path) -> int:
+    try:
+        return os.stat(path, follow_symlinks=False).st_size
+    except OSError:
+        return 0
 
 
 # -- the destination as the registry sees it ---------------------------------------------------
@@ -360,7 +506,28 @@ def _load(url: str, _env: Mapping[str, str]) -> FileDestSettings:
 
 @asynccontextmanager
 async def _open(settings: FileDestSettings) -> AsyncIterator[OpenedSink]:
-    yield OpenedSink(FileSink(settings.root))
+    sink = FileSink(settings.root)
+    yield OpenedSink(sink, check=lambda: asyncio.to_thread(writable_problem, sink.root))
+
+
+def writable_problem(root: Path) -> str | None:
+    """Why this process could not write under ``root`` (None when it can): the root is not a
+    directory, or the directory that would hold it (the root itself, or its nearest existing
+    ancestor, where it would be created) does not let this user create files. A look, not a write:
+    checked once at start so that an operator hears of it before jobs pile up waiting."""
+    existing = root
+    while not existing.exists():
+        if existing.parent == existing:
+            return f"{root} cannot be created: no part of its path exists"
+        existing = existing.parent
+    if existing == root and not root.is_dir():
+        return f"{root} is not a directory"
+    if not existing.is_dir():
+        return f"{root} cannot be created: {existing} is not a directory"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        what = "is" if existing == root else f"would be created in {existing}, which is"
+        return f"{root} {what} not writable by this user (uid {os.geteuid()})"
+    return None
 
 
 SPEC: SinkSpec[FileDestSettings] = SinkSpec(
@@ -371,4 +538,5 @@ SPEC: SinkSpec[FileDestSettings] = SinkSpec(
     load=_load,
     job_dest=job_dest,
     open=_open,
+    open_reader=open_file_reader,
 )

@@ -23,6 +23,7 @@ from worker.envvars import (
     whole_number,
 )
 from worker.sinks.base import JobDest, OpenedSink, SinkSpec, check_subpath, not_inside
+from worker.sinks.s3_read import open_s3_reader
 from worker.sinks.s3_settings import CHECKSUM_MODES, S3Settings, parse_s3_url
 
 VARIABLES = (
@@ -80,4 +81,5 @@ SPEC: SinkSpec[S3Settings] = SinkSpec(
     job_dest=job_dest,
     open=_open,
     secrets=lambda env: tuple(env.get(name) for name in _AWS_SECRETS),
+    open_reader=open_s3_reader,
 )

@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from worker.models import AssetRef, Job, JobError, JobKey, JobState, Receipt
+from worker.models import AssetRef, Job, JobError, JobKey, JobState, Receipt, TransferProgress
 
 
 class Phase(enum.StrEnum):
@@ -59,7 +59,22 @@ class QueueStats:
     oldest_due_at: float | None  # the earliest ``due_at`` among those, None when there are none
 
 
+@dataclass(frozen=True, slots=True)
+class ProgressReport:
+    """A claim's latest measure of its download, to be recorded on the job's row."""
+
+    key: JobKey
+    owner: str
+    progress: TransferProgress
+
+
 class Store(Protocol):
+    @property
+    def transactions(self) -> int:
+        """Transactions committed or rolled back since the store opened (reads included): what
+        jobs cost the store, for benchmarks and the line a run ends with."""
+        ...
+
     async def submit(
         self, key: JobKey, *, now: float, force: bool = False, dest: str | None = None
     ) -> SubmitResult:
@@ -88,7 +103,16 @@ class Store(Protocol):
         unchanged; None if there is no such job."""
         ...
 
-    async def claim(self, *, owner: str, phase: Phase, now: float, lease_s: float, limit: int) -> list[Job]:
+    async def claim(
+        self,
+        *,
+        owner: str,
+        phase: Phase,
+        now: float,
+        lease_s: float,
+        limit: int,
+        skip_providers: Sequence[str] = (),
+    ) -> list[Job]:
         """Lease up to ``limit`` due jobs of ``phase``, earliest ``due_at`` first.
 
         A job is claimable when its state belongs to the phase, ``due_at <= now`` and it has no
@@ -96,7 +120,8 @@ class Store(Protocol):
         ``lease_owner=owner``, ``lease_expires_at=now+lease_s``; for POLL it moves ``queued`` to
         ``polling`` and sets ``polling_since=now`` when unset; for TRANSFER it increments
         ``attempts``. Two concurrent claims never return the same job. Returned jobs carry their
-        asset records in position order.
+        asset records in position order. Jobs of a provider in ``skip_providers`` are left where
+        they are (a provider this worker cannot serve yet: no API key), for a worker that can.
         """
         ...
 
@@ -189,6 +214,11 @@ class Store(Protocol):
         """
         ...
 
+    async def record_progress(self, reports: Sequence[ProgressReport]) -> None:
+        """Record each report on its job, all in one transaction; a report whose job is no longer
+        leased to its ``owner`` is skipped (progress is advisory: it never raises ``LeaseLost``)."""
+        ...
+
     async def get(self, keys: Sequence[JobKey]) -> list[Job]:
         """The named jobs that exist, in the order asked, with their assets."""
         ...
@@ -209,14 +239,18 @@ class Store(Protocol):
         """Counts by state, and the backlog due at ``now`` that no live lease holds."""
         ...
 
-    async def due_count(self, *, phase: Phase, now: float, limit: int) -> int:
-        """How many jobs of ``phase`` a claim at ``now`` could take, counting at most ``limit``: a
-        walk of the phase's due jobs that stops there, however long the queue."""
+    async def due_count(
+        self, *, phase: Phase, now: float, limit: int, skip_providers: Sequence[str] = ()
+    ) -> int:
+        """How many jobs of ``phase`` a claim at ``now`` (with the same ``skip_providers``) could
+        take, counting at most ``limit``: a walk of the phase's due jobs that stops there, however
+        long the queue."""
         ...
 
-    async def unfinished(self) -> tuple[bool, float | None]:
-        """Whether any job is not final, and the earliest moment one of them may be claimed
-        (``due_at`` or, if leased, ``lease_expires_at``, whichever is later); ``None`` if none.
+    async def unfinished(self, *, skip_providers: Sequence[str] = ()) -> tuple[bool, float | None]:
+        """Whether any job (of a provider not in ``skip_providers``) is not final, and the earliest
+        moment one of them may be claimed (``due_at`` or, if leased, ``lease_expires_at``,
+        whichever is later); ``None`` if none.
 
         Asked on every pass of the claim loop: it must not count or scan the queue (an index
         lookup per phase, and a look at the leased jobs)."""

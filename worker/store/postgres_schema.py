@@ -90,4 +90,6 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """CREATE INDEX jobs_leased ON asset_worker.jobs (lease_expires_at)
                WHERE lease_expires_at IS NOT NULL""",
     ),
+    # 4: the download under way, as its worker last reported it (worker.meter), or NULL.
+    ("ALTER TABLE asset_worker.jobs ADD COLUMN progress jsonb",),
 )

@@ -42,13 +42,14 @@ from worker.errors import ConfigError, LeaseLost, StoreUnavailable
 from worker.models import AssetRecord, AssetRef, Job, JobError, JobKey, JobState, Receipt
 from worker.redaction import redact_url
 from worker.store import postgres_schema
-from worker.store.base import Cursor, Phase, QueueStats, SubmitResult, submit_results
+from worker.store.base import Cursor, Phase, ProgressReport, QueueStats, SubmitResult, submit_results
 from worker.store.postgres_errors import TRANSIENT, describe, is_a_bug
 from worker.store.rows import (
     asset_from_row,
     error_columns,
     job_from_row,
     opt_float,
+    progress_to_text,
     ref_columns,
     without_nul,
 )
@@ -77,38 +78,40 @@ _PHASE_WHERE = {
 }
 
 
-def _due(phase: Phase) -> str:
-    """The keys of the phase's jobs a claim at $1 could take, earliest first, at most $2. Joined
-    from module constants only."""
+def _due(phase: Phase, skip: str) -> str:
+    """The keys of the phase's jobs a claim at $1 could take, earliest first, at most $2, none of
+    a provider in the array parameter ``skip``. Joined from module constants only."""
     return f"""
         SELECT key FROM asset_worker.jobs
         WHERE {_PHASE_WHERE[phase]} AND due_at <= $1
           AND (lease_expires_at IS NULL OR lease_expires_at <= $1)
+          AND provider <> ALL({skip}::text[])
         ORDER BY due_at, submitted_at, key
         LIMIT $2"""  # noqa: S608
 
 
 def _claim(phase: Phase, lease: str) -> str:
     """The claim of the phase's due rows, locked (rows another claim has locked are skipped);
-    ``lease`` is the constant UPDATE applied to them."""
-    return f"WITH due AS ({_due(phase)} FOR UPDATE SKIP LOCKED){lease}"
+    ``lease`` is the constant UPDATE applied to them ($3 and $4), $5 the providers to skip."""
+    return f"WITH due AS ({_due(phase, '$5')} FOR UPDATE SKIP LOCKED){lease}"
 
 
 # How many of a phase's jobs a claim could take now, counting at most $2 (an index walk, no sort).
-_DUE_COUNT = {phase: f"SELECT count(*) FROM ({_due(phase)}) AS due" for phase in Phase}  # noqa: S608
+_DUE_COUNT = {phase: f"SELECT count(*) FROM ({_due(phase, '$3')}) AS due" for phase in Phase}  # noqa: S608
 
 # The earliest moment any unfinished job may be claimed: the first unleased one of each phase in
 # queue order (an index walk past the few leased rows), or a lease running out. LEAST skips NULLs.
 _NEXT_CLAIMABLE = f"""
     SELECT LEAST(
         (SELECT due_at FROM asset_worker.jobs
-         WHERE {_PHASE_WHERE[Phase.POLL]} AND lease_expires_at IS NULL
+         WHERE {_PHASE_WHERE[Phase.POLL]} AND lease_expires_at IS NULL AND provider <> ALL($1::text[])
          ORDER BY due_at, submitted_at, key LIMIT 1),
         (SELECT due_at FROM asset_worker.jobs
-         WHERE {_PHASE_WHERE[Phase.TRANSFER]} AND lease_expires_at IS NULL
+         WHERE {_PHASE_WHERE[Phase.TRANSFER]} AND lease_expires_at IS NULL AND provider <> ALL($1::text[])
          ORDER BY due_at, submitted_at, key LIMIT 1),
         (SELECT min(GREATEST(due_at, lease_expires_at)) FROM asset_worker.jobs
-         WHERE lease_expires_at IS NOT NULL AND state IN ('queued', 'polling', 'downloading'))
+         WHERE lease_expires_at IS NOT NULL AND state IN ('queued', 'polling', 'downloading')
+           AND provider <> ALL($1::text[]))
     ) AS next"""  # noqa: S608
 
 
@@ -127,7 +130,8 @@ _CLAIM = {
         Phase.TRANSFER,
         """
         UPDATE asset_worker.jobs AS j
-        SET lease_owner = $3, lease_expires_at = $4, updated_at = $1, attempts = j.attempts + 1
+        SET lease_owner = $3, lease_expires_at = $4, updated_at = $1, attempts = j.attempts + 1,
+            progress = NULL
         FROM due WHERE j.key = due.key
         RETURNING j.key""",
     ),
@@ -172,6 +176,8 @@ class PostgresStore:
         self._pool = pool
         self._retry_window_s = retry_window_s
         self._sleep = sleep
+        # Transactions that reached COMMIT or ROLLBACK (see Store.transactions).
+        self.transactions = 0
 
     @classmethod
     async def open(
@@ -271,12 +277,22 @@ class PostgresStore:
 
     # -- claims and leases ------------------------------------------------------------------
 
-    async def claim(self, *, owner: str, phase: Phase, now: float, lease_s: float, limit: int) -> list[Job]:
+    async def claim(
+        self,
+        *,
+        owner: str,
+        phase: Phase,
+        now: float,
+        lease_s: float,
+        limit: int,
+        skip_providers: Sequence[str] = (),
+    ) -> list[Job]:
         if limit <= 0:
             return []
+        skip = list(skip_providers)
 
         async def body(conn: Conn) -> list[Job]:
-            rows = await conn.fetch(_CLAIM[phase], now, limit, owner, now + lease_s)
+            rows = await conn.fetch(_CLAIM[phase], now, limit, owner, now + lease_s, skip)
             jobs = await _load(conn, [str(row["key"]) for row in rows])
             # RETURNING has no order; the contract's is the queue's.
             return sorted(jobs, key=lambda j: (j.due_at, j.submitted_at, str(j.key)))
@@ -303,6 +319,16 @@ class PostgresStore:
         )
 
     # -- job progress -----------------------------------------------------------------------
+
+    async def record_progress(self, reports: Sequence[ProgressReport]) -> None:
+        rows = [(progress_to_text(r.progress), str(r.key), r.owner) for r in reports]
+        if rows:
+            await self._transaction(
+                lambda conn: conn.executemany(
+                    "UPDATE asset_worker.jobs SET progress = $1 WHERE key = $2 AND lease_owner = $3",
+                    rows,
+                )
+            )
 
     async def reschedule(
         self,
@@ -534,14 +560,18 @@ class PostgresStore:
 
         return await self._transaction(body, read_only=True)
 
-    async def due_count(self, *, phase: Phase, now: float, limit: int) -> int:
+    async def due_count(
+        self, *, phase: Phase, now: float, limit: int, skip_providers: Sequence[str] = ()
+    ) -> int:
+        skip = list(skip_providers)
         count = await self._transaction(
-            lambda conn: conn.fetchval(_DUE_COUNT[phase], now, limit), read_only=True
+            lambda conn: conn.fetchval(_DUE_COUNT[phase], now, limit, skip), read_only=True
         )
         return int(count or 0)
 
-    async def unfinished(self) -> tuple[bool, float | None]:
-        row = _one(await self._transaction(lambda conn: conn.fetchrow(_NEXT_CLAIMABLE), read_only=True))
+    async def unfinished(self, *, skip_providers: Sequence[str] = ()) -> tuple[bool, float | None]:
+        skip = list(skip_providers)
+        row = _one(await self._transaction(lambda conn: conn.fetchrow(_NEXT_CLAIMABLE, skip), read_only=True))
         # Every unfinished job is either unleased (found in its phase's index) or leased.
         moment = opt_float(row["next"])
         return moment is not None, moment
@@ -608,9 +638,11 @@ class PostgresStore:
                     try:
                         result = await body(conn)
                     except BaseException:
+                        self.transactions += 1
                         await shielded(_rollback_quietly(tx))
                         raise
                     committing = True
+                    self.transactions += 1
                     await tx.commit()
                     return result
             except TRANSIENT as exc:

@@ -10,7 +10,17 @@ from __future__ import annotations
 import json
 from typing import Any, Protocol
 
-from worker.models import AssetRecord, AssetRef, AssetState, Job, JobError, JobKey, JobState, Receipt
+from worker.models import (
+    AssetRecord,
+    AssetRef,
+    AssetState,
+    Job,
+    JobError,
+    JobKey,
+    JobState,
+    Receipt,
+    TransferProgress,
+)
 
 
 class Row(Protocol):
@@ -35,7 +45,42 @@ def job_from_row(row: Row, assets: tuple[AssetRecord, ...]) -> Job:
         provider_state=_provider_state(row["provider_state"]),
         assets=assets,
         dest=_opt_str(row["dest"]),
+        progress=progress_from_text(row["progress"]),
     )
+
+
+def progress_to_text(progress: TransferProgress) -> str:
+    """The ``progress`` column: a small JSON object (text in SQLite, jsonb in PostgreSQL)."""
+    return json.dumps(
+        {
+            "asset_id": progress.asset_id,
+            "bytes": progress.bytes,
+            "total": progress.total,
+            "rate_bps": round(progress.rate_bps, 1),
+            "started_at": progress.started_at,
+            "updated_at": progress.updated_at,
+        },
+        separators=(",", ":"),
+    )
+
+
+def progress_from_text(text: str | None) -> TransferProgress | None:
+    """The ``progress`` column back; a value of another shape (written by hand, or by a later
+    version) reads as no report rather than breaking every read of the job."""
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+        return TransferProgress(
+            asset_id=str(value["asset_id"]),
+            bytes=int(value["bytes"]),
+            total=None if value["total"] is None else int(value["total"]),
+            rate_bps=float(value["rate_bps"]),
+            started_at=float(value["started_at"]),
+            updated_at=float(value["updated_at"]),
+        )
+    except (ValueError, TypeError, KeyError):
+        return None
 
 
 def asset_from_row(row: Row) -> AssetRecord:

@@ -34,12 +34,22 @@ from worker.errors import ConfigError, LeaseLost
 from worker.models import AssetRecord, AssetRef, Job, JobError, JobKey, JobState, Receipt
 from worker.redaction import redact_url
 from worker.store import sqlite_schema
-from worker.store.base import Cursor, Phase, QueueStats, Store, StoreSpec, SubmitResult, submit_results
+from worker.store.base import (
+    Cursor,
+    Phase,
+    ProgressReport,
+    QueueStats,
+    Store,
+    StoreSpec,
+    SubmitResult,
+    submit_results,
+)
 from worker.store.rows import (
     asset_from_row,
     error_columns,
     job_from_row,
     opt_float,
+    progress_to_text,
     ref_columns,
     without_nul,
 )
@@ -64,6 +74,7 @@ _SELECT_DUE = {
     phase: f"""
     SELECT key FROM jobs INDEXED BY {_PHASE_INDEX[phase]}
     WHERE {_PHASE_WHERE[phase]} AND due_at <= ? AND (lease_expires_at IS NULL OR lease_expires_at <= ?)
+      AND provider NOT IN (SELECT value FROM json_each(?))
     ORDER BY due_at, submitted_at, key
     LIMIT ?"""  # noqa: S608
     for phase in Phase
@@ -74,12 +85,14 @@ _NEXT_UNLEASED = {
     phase: f"""
     SELECT due_at FROM jobs INDEXED BY {_PHASE_INDEX[phase]}
     WHERE {_PHASE_WHERE[phase]} AND lease_expires_at IS NULL
+      AND provider NOT IN (SELECT value FROM json_each(?))
     ORDER BY due_at, submitted_at, key LIMIT 1"""  # noqa: S608
     for phase in Phase
 }
 _NEXT_LEASE_END = """
     SELECT MIN(MAX(due_at, lease_expires_at)) AS next FROM jobs INDEXED BY jobs_leased
-    WHERE lease_expires_at IS NOT NULL AND state IN ('queued', 'polling', 'downloading')"""
+    WHERE lease_expires_at IS NOT NULL AND state IN ('queued', 'polling', 'downloading')
+      AND provider NOT IN (SELECT value FROM json_each(?))"""
 _CLAIM = {
     Phase.POLL: """
         UPDATE jobs SET lease_owner = ?, lease_expires_at = ?, updated_at = ?,
@@ -88,7 +101,7 @@ _CLAIM = {
         WHERE key IN (SELECT value FROM json_each(?))""",
     Phase.TRANSFER: """
         UPDATE jobs SET lease_owner = ?, lease_expires_at = ?, updated_at = ?,
-            attempts = attempts + 1
+            attempts = attempts + 1, progress = NULL
         WHERE key IN (SELECT value FROM json_each(?))""",
 }
 # ON CONFLICT DO NOTHING makes concurrent submits of one key race safely: one insert wins.
@@ -124,6 +137,10 @@ class SqliteStore:
 
     def __init__(self, db: SqliteConnection) -> None:
         self._db = db
+
+    @property
+    def transactions(self) -> int:
+        return self._db.transactions
 
     @classmethod
     async def open(cls, path: Path) -> SqliteStore:
@@ -195,12 +212,22 @@ class SqliteStore:
 
     # -- claims and leases ------------------------------------------------------------------
 
-    async def claim(self, *, owner: str, phase: Phase, now: float, lease_s: float, limit: int) -> list[Job]:
+    async def claim(
+        self,
+        *,
+        owner: str,
+        phase: Phase,
+        now: float,
+        lease_s: float,
+        limit: int,
+        skip_providers: Sequence[str] = (),
+    ) -> list[Job]:
         if limit <= 0:
             return []
+        skip = json.dumps(list(skip_providers))
 
         def body(db: Conn) -> list[Job]:
-            keys = [str(row["key"]) for row in db.execute(_SELECT_DUE[phase], (now, now, limit))]
+            keys = [str(row["key"]) for row in db.execute(_SELECT_DUE[phase], (now, now, skip, limit))]
             if not keys:
                 return []
             lease = (owner, now + lease_s, now)
@@ -225,6 +252,15 @@ class SqliteStore:
         await self._db.transaction(lambda db: db.execute(sql, (now, now, str(key), owner)))
 
     # -- job progress -----------------------------------------------------------------------
+
+    async def record_progress(self, reports: Sequence[ProgressReport]) -> None:
+        rows = [(progress_to_text(r.progress), str(r.key), r.owner) for r in reports]
+        if rows:
+            await self._db.transaction(
+                lambda db: db.executemany(
+                    "UPDATE jobs SET progress = ? WHERE key = ? AND lease_owner = ?", rows
+                )
+            )
 
     async def reschedule(
         self,
@@ -461,16 +497,21 @@ class SqliteStore:
     async def ping(self) -> None:
         await self._db.transaction(lambda db: db.execute("SELECT 1").fetchall(), write=False)
 
-    async def due_count(self, *, phase: Phase, now: float, limit: int) -> int:
+    async def due_count(
+        self, *, phase: Phase, now: float, limit: int, skip_providers: Sequence[str] = ()
+    ) -> int:
         sql = f"SELECT COUNT(*) FROM ({_SELECT_DUE[phase]})"  # noqa: S608 (module constants only)
-        return await self._db.transaction(
-            lambda db: int(db.execute(sql, (now, now, limit)).fetchone()[0]), write=False
-        )
+        params = (now, now, json.dumps(list(skip_providers)), limit)
+        return await self._db.transaction(lambda db: int(db.execute(sql, params).fetchone()[0]), write=False)
 
-    async def unfinished(self) -> tuple[bool, float | None]:
+    async def unfinished(self, *, skip_providers: Sequence[str] = ()) -> tuple[bool, float | None]:
+        skip = (json.dumps(list(skip_providers)),)
+
         def body(db: Conn) -> tuple[bool, float | None]:
-            moments = [float(row["due_at"]) for phase in Phase for row in db.execute(_NEXT_UNLEASED[phase])]
-            leased = db.execute(_NEXT_LEASE_END).fetchone()["next"]
+            moments = [
+                float(row["due_at"]) for phase in Phase for row in db.execute(_NEXT_UNLEASED[phase], skip)
+            ]
+            leased = db.execute(_NEXT_LEASE_END, skip).fetchone()["next"]
             if leased is not None:
                 moments.append(float(leased))
             # Every unfinished job is either unleased (found in its phase's index) or leased.

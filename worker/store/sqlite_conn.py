@@ -49,6 +49,8 @@ class SqliteConnection:
         self._conn = conn
         self.path = path
         self._thread = thread
+        # Transactions that reached COMMIT or ROLLBACK (counted on the store's one thread).
+        self.transactions = 0
 
     @classmethod
     async def open(cls, path: Path) -> SqliteConnection:
@@ -104,9 +106,11 @@ class SqliteConnection:
             if abandon.is_set():
                 raise _Abandoned
             conn.execute("COMMIT")
+            self.transactions += 1
             return result
         except BaseException as exc:
             if conn.in_transaction:
+                self.transactions += 1
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
             if isinstance(exc, sqlite3.Error):

@@ -76,4 +76,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # Leased jobs (a few per worker): when the next lease runs out.
         "CREATE INDEX jobs_leased ON jobs (lease_expires_at) WHERE lease_expires_at IS NOT NULL",
     ),
+    (
+        # The download under way, as its worker last reported it (worker.meter): JSON, or NULL.
+        "ALTER TABLE jobs ADD COLUMN progress TEXT",
+    ),
 )

@@ -86,11 +86,11 @@ def files_under(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
 
 
-def kept_for_resume_only(root: Path) -> bool:
-    """Nothing under ``root`` but the hidden parts a drained download keeps for the next holder
-    (``.<name>.resume.part`` and its record): no file under a final name, no other temp file."""
-    files = files_under(root)
-    return bool(files) and all(p.name.endswith((".resume.part", ".resume.json")) for p in files)
+def only_resume_parts(root: Path) -> bool:
+    """Nothing under ``root`` but, at most, the hidden parts an interrupted download keeps for the
+    next holder (``.<name>.resume.part`` and its record): no file under a final name, no other
+    temp file."""
+    return all(p.name.endswith((".resume.part", ".resume.json")) for p in files_under(root))
 
 
 async def wait_for_part_file(root: Path, min_bytes: int, timeout_s: float = 20) -> Path:

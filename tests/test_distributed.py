@@ -19,7 +19,7 @@ from urllib.parse import unquote, urlsplit
 import pytest
 
 import worker
-from tests.cli_support import cli_environment, kept_for_resume_only, sha256_of
+from tests.cli_support import cli_environment, only_resume_parts, sha256_of
 from tests.conftest import SettingsFactory
 from tests.fleet import Fleet, Replica, fleet_of, has_open, until_finished
 from tests.http_support import listening_port, logged_events, probe
@@ -326,4 +326,4 @@ async def test_a_second_signal_stops_at_once_even_with_the_database_away(
         events = {e.get("event") for e in logged_events(replica.log_path)}
     assert code == 1  # forced
     assert "job_release_failed" in events
-    assert kept_for_resume_only(dest)
+    assert only_resume_parts(dest)

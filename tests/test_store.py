@@ -23,7 +23,7 @@ from tests.pgserver import PgServer
 from worker.errors import ConfigError, LeaseLost
 from worker.models import AssetRef, AssetState, JobError, JobKey, JobState, Receipt, TransferProgress
 from worker.store import Cursor, Phase, Store, open_store, sqlite_schema
-from worker.store.base import ProgressReport
+from worker.store.base import Discovered, ProgressReport
 
 A = JobKey("layers", "job-a")
 B = JobKey("cloudlayer", "job-b")
@@ -912,3 +912,118 @@ async def test_progress_of_another_shape_reads_as_no_report(tmp_path: Path) -> N
     finally:
         await store.close()
     assert job.progress is None and job.state is JobState.DOWNLOADING
+
+
+# -- mirror mode ------------------------------------------------------------------------------
+
+
+async def test_discovered_items_become_jobs_once_and_are_counted_by_source(store: Store) -> None:
+    listed = AssetRef(asset_id="ast_1", url="https://files.example/ast_1?sig=1", expected_size=10, ext="pdf")
+    first = [
+        Discovered(key=JobKey("cloudlayer", "asset/ast_1"), created_at=50.0, due_at=5.0, assets=(listed,)),
+        Discovered(key=JobKey("layers", "cnt_2"), created_at=40.0, due_at=5.0),
+    ]
+    assert await store.submit_discovered(first, source="cloudlayer", now=5.0) == [True, True]
+    # Found again (another walk, another replica), and a key a user submitted by hand: none is new.
+    await store.submit(JobKey("layers", "cnt_3"), now=5.0)
+    again = [
+        *first,
+        Discovered(key=JobKey("layers", "cnt_3"), created_at=30.0, due_at=5.0),
+        # The asset of a job a user submitted by its job id: copied through that job already.
+        Discovered(
+            key=JobKey("cloudlayer", "asset/ast_4"),
+            created_at=20.0,
+            due_at=5.0,
+            aliases=(JobKey("layers", "cnt_3"),),
+        ),
+    ]
+    assert await store.submit_discovered(again, source="cloudlayer", now=6.0) == [False, False, False, False]
+    assert await store.get([JobKey("cloudlayer", "asset/ast_4")]) == []
+    ready, queued, manual = await store.get(
+        [JobKey("cloudlayer", "asset/ast_1"), JobKey("layers", "cnt_2"), JobKey("layers", "cnt_3")]
+    )
+    assert ready.state is JobState.DOWNLOADING and [a.ref for a in ready.assets] == [listed]
+    assert queued.state is JobState.QUEUED and queued.assets == ()
+    assert manual.submitted_at == 5.0
+    # Claimable as any job: the ready one by a transfer claim, without a poll.
+    (claimed,) = await store.claim(owner="w", phase=Phase.TRANSFER, now=6.0, lease_s=30, limit=5)
+    assert claimed.key == ready.key
+    counts = await store.source_counts()
+    assert set(counts) == {"cloudlayer"}
+    assert counts["cloudlayer"].by_state[JobState.DOWNLOADING] == 1
+    assert counts["cloudlayer"].by_state[JobState.QUEUED] == 1
+    assert counts["cloudlayer"].oldest_uncopied_created_at == 40.0
+    await store.finish(claimed.key, owner="w", now=7.0, state=JobState.DONE)
+    await store.submit(JobKey("layers", "cnt_2"), now=8.0)  # still queued: no change
+    assert (await store.source_counts())["cloudlayer"].oldest_uncopied_created_at == 40.0
+
+
+async def test_a_walk_is_held_by_one_walker_and_resumed_where_it_stopped(store: Store) -> None:
+    first = await store.claim_walk("cloudlayer", owner="a", now=10.0, lease_s=30)
+    assert first is not None and first.kind is None and first.position is None
+    assert await store.claim_walk("cloudlayer", owner="b", now=11.0, lease_s=30) is None
+    await store.save_walk(
+        "cloudlayer",
+        owner="a",
+        now=12.0,
+        lease_s=30,
+        kind="full",
+        position="160",
+        pages=2,
+        newest_created_at=99.0,
+    )
+    with pytest.raises(LeaseLost):
+        await store.save_walk(
+            "cloudlayer",
+            owner="b",
+            now=12.0,
+            lease_s=30,
+            kind="full",
+            position="0",
+            pages=1,
+            newest_created_at=None,
+        )
+    # a crashes; its lease runs out; b resumes from the page a saved.
+    resumed = await store.claim_walk("cloudlayer", owner="b", now=43.0, lease_s=30)
+    assert resumed is not None
+    assert (resumed.kind, resumed.position, resumed.pages, resumed.newest_created_at) == (
+        "full",
+        "160",
+        2,
+        99.0,
+    )
+    assert resumed.started_at == 12.0
+    # a, back from the dead, can no longer end it.
+    await store.end_walk(
+        "cloudlayer", owner="a", now=44.0, kind="full", completed=True, newest_created_at=None
+    )
+    (record,) = await store.walks()
+    assert record.lease_owner == "b" and record.position == "160"
+    await store.end_walk(
+        "cloudlayer", owner="b", now=45.0, kind="full", completed=True, newest_created_at=120.0
+    )
+    (record,) = await store.walks()
+    assert (record.kind, record.position, record.lease_owner) == (None, None, None)
+    assert (record.last_full_walk_at, record.last_walk_at, record.newest_created_at) == (45.0, 45.0, 120.0)
+
+
+async def test_a_walk_that_failed_keeps_its_place_and_its_error(store: Store) -> None:
+    assert await store.claim_walk("layers:prj_1", owner="a", now=10.0, lease_s=30) is not None
+    await store.save_walk(
+        "layers:prj_1", owner="a", now=11.0, lease_s=30, kind="incremental", position="cur-2", pages=1,
+        newest_created_at=5.0,
+    )  # fmt: skip
+    error = JobError("forbidden_scope", "the key cannot read project prj_1")
+    await store.end_walk(
+        "layers:prj_1",
+        owner="a",
+        now=12.0,
+        kind="incremental",
+        completed=False,
+        newest_created_at=None,
+        error=error,
+    )
+    (record,) = await store.walks()
+    assert (record.kind, record.position, record.error) == ("incremental", "cur-2", error)
+    assert record.last_walk_at is None and record.lease_owner is None
+    assert await store.claim_walk("layers:prj_1", owner="b", now=13.0, lease_s=30) is not None

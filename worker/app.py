@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -26,9 +26,10 @@ from worker.http.state import Service
 from worker.httpclient import HttpClient, new_api_session
 from worker.lease import Sleep
 from worker.metrics import Metrics
+from worker.mirror import Mirror
 from worker.policy import Backoff
 from worker.providers import PROVIDERS
-from worker.providers.base import Provider, ProviderContext
+from worker.providers.base import Lister, Provider, ProviderContext
 from worker.redaction import register_secrets
 from worker.runner import Runner, RunnerSettings
 from worker.sdnotify import Notifier
@@ -47,6 +48,7 @@ class Worker:
     runner: Runner
     metrics: Metrics
     clock: Clock
+    mirror: Mirror
 
 
 def build_providers(settings: Settings, http: Callable[[str], HttpClient]) -> dict[str, Provider]:
@@ -190,8 +192,21 @@ async def open_worker(
                 housekeeping=opened.housekeeping,
             )
             metrics.track_in_flight(runner.in_flight_by_phase)
+            mirror = Mirror(
+                store=store,
+                listers={
+                    name: provider
+                    for name, provider in providers.items()
+                    if isinstance(provider, Lister) and name not in unconfigured
+                },
+                settings=settings.mirror,
+                clock=clock,
+                owner=settings.worker_id,
+                yield_to_polls=runner.wait_for_poll_room,
+                wake=runner.wake,
+            )
             try:
-                yield Worker(settings, store, engine, runner, metrics, clock)
+                yield Worker(settings, store, engine, runner, metrics, clock, mirror)
             finally:
                 # Releases and aborts interrupted by a second signal still need the store.
                 await finish_cleanups(timeout_s=5.0)
@@ -250,11 +265,33 @@ async def run_service(
                 # Half the period, as sd_watchdog_enabled(3) advises; from the loop on purpose.
                 interval = worker.settings.systemd.watchdog_s / 2
                 helpers.append(group.create_task(notifier.watchdog(interval, worker.clock.sleep)))
+            sources = worker.settings.mirror.sources
             try:
+                if sources and until_idle:
+                    # Everything the sources hold becomes jobs first, then the queue is worked dry.
+                    await _unless_stopped(worker.mirror.walk_all(sources), stop)
+                elif sources:
+                    helpers.append(group.create_task(worker.mirror.run(sources, stop=stop)))
                 await worker.runner.run(stop=stop, until_idle=until_idle)
             finally:
                 for task in helpers:
                     task.cancel()
+
+
+async def _unless_stopped(work: Awaitable[object], stop: asyncio.Event) -> None:
+    """Run ``work`` until it ends or ``stop`` is set (then it is cancelled, and cleans up)."""
+    task = asyncio.ensure_future(work)
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait([task, stopping], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+        if not task.done():
+            task.cancel()
+            # Waited for, not awaited: its own cancellation is not ours to raise or to swallow.
+            await asyncio.wait([task])
+    if not task.cancelled():
+        task.result()  # what the work raised, raised here
 
 
 async def _announce_stop(stop: asyncio.Event, notifier: Notifier) -> None:

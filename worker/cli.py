@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import datetime
 import functools
 import importlib.metadata
@@ -33,6 +34,7 @@ from worker.destinations import parse_dest
 from worker.enqueue import SUBMIT_BATCH
 from worker.errors import ConfigError, InvalidJob, StoreUnusable, WorkerError
 from worker.http.binding import http_binding
+from worker.mirror_plan import parse_sources
 from worker.models import Job, JobKey, JobState
 from worker.providers import PROVIDERS, parse_key
 from worker.redaction import redact_url, register_secrets
@@ -135,6 +137,17 @@ def build_parser() -> argparse.ArgumentParser:
     retry.add_argument("keys", nargs="*", metavar="KEY")
     retry.add_argument("--failed", action="store_true", help="every failed job")
 
+    sources = ", ".join(spec.mirror_example for spec in PROVIDERS.values() if spec.mirror_scope is not None)
+    mirror = add("mirror", help=f"copy all an account holds ({sources}) before the vendor deletes it")
+    mirror.add_argument("sources", nargs="*", metavar="SOURCE", help=sources)
+    mirror.add_argument("--once", action="store_true", help="walk each source once, copy what is new, exit")
+    mirror.add_argument(
+        "--status",
+        action="store_true",
+        help="per source: last walks, newest item seen, copied, pending, failed, oldest uncopied",
+    )
+    mirror.add_argument("--json", action="store_true", help="with --status: a JSON array of sources")
+
     verify = add(
         "verify",
         help="re-read the stored files of done jobs (all, or the keys given) and compare size and "
@@ -222,7 +235,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Every configured secret is masked from here on: logs, errors, status output.
     register_secrets(secret_values(settings))
     # Logs go to stderr when stdout carries the command's own output (tables, JSON, keys).
-    log_stream = sys.stdout if args.command == "run" else sys.stderr
+    # A running worker's log is its output; other commands keep stdout for what they print.
+    runs_worker = args.command == "run" or (args.command == "mirror" and not args.status)
+    log_stream = sys.stdout if runs_worker else sys.stderr
     worker_log.configure(level=settings.log_level, fmt=settings.log_format, stream=log_stream)
     try:
         return asyncio.run(_dispatch(args, settings))
@@ -267,6 +282,8 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
             return await _retry(settings, args.keys, every_failed=args.failed)
         case "verify":
             return await _verify(settings, args.keys, as_json=args.json)
+        case "mirror":
+            return await _mirror(settings, args)
         case "simulate":
             await simulator_command.run(args)
             return EXIT_OK
@@ -542,7 +559,56 @@ async def _print_all_as_json(store: Store, *, after: Cursor | None = None) -> No
     out.write("[]\n" if first else "\n]\n")
 
 
-async def _run(settings: Settings, *, until_idle: bool, http: bool, fail_on_failed: bool = False) -> int:
+async def _mirror(settings: Settings, args: argparse.Namespace) -> int:
+    """``mirror --status``, or walk the sources named (else ``ASSET_WORKER_MIRROR``'s): ``--once``
+    copies what is new and exits (1 if a source could not be walked), without it the worker keeps
+    them mirrored as ``run`` does."""
+    if args.status:
+        if args.sources or args.once:
+            raise ConfigError("mirror --status takes no SOURCE and no --once")
+        return await _mirror_status(settings, as_json=args.json)
+    if args.json:
+        raise ConfigError("mirror: --json goes with --status")
+    sources = parse_sources(",".join(args.sources)) if args.sources else settings.mirror.sources
+    if not sources:
+        examples = ", ".join(s.mirror_example for s in PROVIDERS.values() if s.mirror_scope is not None)
+        raise ConfigError(f"mirror: name a SOURCE ({examples}) or set ASSET_WORKER_MIRROR")
+    mirrored = dataclasses.replace(settings, mirror=dataclasses.replace(settings.mirror, sources=sources))
+    if not args.once:
+        return await _run(mirrored, until_idle=False, http=True)
+    return await _run(mirrored, until_idle=True, http=False, fail_on_walk_failure=True)
+
+
+async def _mirror_status(settings: Settings, *, as_json: bool) -> int:
+    from worker.mirror_view import render_sources, source_to_json
+
+    where = redact_url(settings.store_url)
+    if not store_for(settings.store_url).exists(settings.store_url):
+        print("[]" if as_json else f"no mirror sources: there is no store at {where} yet")
+        return EXIT_OK
+    async with _opened(settings) as store:
+        records = {record.source: record for record in await store.walks()}
+        counts = await store.source_counts()
+    now = time.time()
+    names = sorted({*records, *counts, *(s.name for s in settings.mirror.sources)})
+    rows = [source_to_json(name, records.get(name), counts.get(name), now=now) for name in names]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+    elif rows:
+        print(render_sources(rows))
+    else:
+        print(f"no mirror sources in {where} (asset-worker mirror SOURCE --once starts one)")
+    return EXIT_OK
+
+
+async def _run(
+    settings: Settings,
+    *,
+    until_idle: bool,
+    http: bool,
+    fail_on_failed: bool = False,
+    fail_on_walk_failure: bool = False,
+) -> int:
     # Checked before anything opens: an API that would be open to the network is a usage error.
     binding = http_binding(settings) if http else None
     if binding is not None and binding.api_token is None and settings.listen is None:
@@ -611,6 +677,11 @@ async def _run(settings: Settings, *, until_idle: bool, http: bool, fail_on_fail
                     notifier=Notifier(settings.systemd.notify_socket),
                 )
             failed = worker.engine.outcomes["failed"]
+            walks_failed = dict(worker.mirror.failures)
+        for source, error in walks_failed.items():
+            print(f"asset-worker: mirror {source}: {error.code}: {error.message}", file=sys.stderr)
+        if fail_on_walk_failure and walks_failed:
+            return EXIT_FAILURE
         if fail_on_failed and failed:
             print(f"asset-worker: {failed} job(s) failed in this run (asset-worker status)", file=sys.stderr)
             return EXIT_FAILURE

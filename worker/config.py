@@ -36,6 +36,7 @@ from worker.envvars import (
 from worker.errors import ConfigError
 from worker.http.binding import normal_listen
 from worker.httpbase import HttpSettings
+from worker.mirror_plan import MirrorSource, parse_sources
 from worker.naming import DEFAULT_TEMPLATE, validate_template
 from worker.providers import PROVIDERS
 from worker.providers.base import SHARED_SCHEDULE_VARIABLES, ProviderConfig, load_schedule
@@ -46,6 +47,7 @@ from worker.store import store_for
 __all__ = [
     "HttpSettings",
     "LimitSettings",
+    "MirrorSettings",
     "Settings",
     "SystemdSettings",
     "all_variables",
@@ -73,6 +75,24 @@ class LimitSettings:
     min_speed_window_s: float = 60.0
     # Longest wait before a job whose destination was full or unreachable is tried again.
     dest_retry_max_s: float = 60.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MirrorSettings:
+    """Mirror mode (``run`` keeps these sources copied): what to walk and how often."""
+
+    sources: tuple[MirrorSource, ...] = ()
+    # An incremental walk (what is new) this often; a full walk (everything) this often.
+    interval_s: float = 300.0
+    full_interval_s: float = 86400.0
+    # The vendor's retention, when the user knows it: items near it are fetched first.
+    retention_days: float | None = None
+    # How long a walk's lease lasts without a page saved (a crashed walker's source is free again).
+    lease_s: float = 120.0
+
+    @property
+    def retention_s(self) -> float | None:
+        return None if self.retention_days is None else self.retention_days * 86400.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -121,6 +141,7 @@ class Settings:
     # client reads from the environment); see secret_values().
     extra_secrets: tuple[str, ...] = field(default=(), repr=False)
     limits: LimitSettings = field(default_factory=LimitSettings)
+    mirror: MirrorSettings = field(default_factory=MirrorSettings)
     systemd: SystemdSettings = field(default_factory=SystemdSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
     # Provider name -> its own settings and its schedule; every registered provider is here.
@@ -225,6 +246,22 @@ _LIMITS = _vars(
         "DEST_RETRY_MAX_S": ("dest_retry_max_s", positive_float),
     }
 )
+def _mirror_sources(text: str) -> tuple[MirrorSource, ...]:
+    try:
+        return parse_sources(text)
+    except ConfigError as exc:
+        raise ValueError(exc.message.removeprefix("mirror source ")) from None
+
+
+_MIRROR = _vars(
+    {
+        "MIRROR": ("sources", _mirror_sources),
+        "MIRROR_INTERVAL_S": ("interval_s", positive_float),
+        "MIRROR_FULL_INTERVAL_S": ("full_interval_s", positive_float),
+        "MIRROR_RETENTION_DAYS": ("retention_days", positive_float),
+        "MIRROR_LEASE_S": ("lease_s", positive_float),
+    }
+)
 _HTTP = _vars(
     {
         "REQUEST_ATTEMPTS": ("request_attempts", positive_int),
@@ -245,6 +282,7 @@ def all_variables() -> frozenset[str]:
         for var in (
             *_CORE,
             *_LIMITS,
+            *_MIRROR,
             *_HTTP,
             *SHARED_SCHEDULE_VARIABLES,
             *(v for spec in PROVIDERS.values() for v in spec.all_variables),
@@ -299,6 +337,7 @@ def from_env(environ: Mapping[str, str] | None = None, **overrides: Any) -> Sett
     return Settings(
         **top,
         limits=LimitSettings(**section(env, _LIMITS)),
+        mirror=MirrorSettings(**section(env, _MIRROR)),
         extra_secrets=tuple(v for spec in SINKS.values() for v in spec.secrets(env) if v),
         http=http,
         providers=providers,

@@ -29,7 +29,7 @@ from prometheus_client.process_collector import ProcessCollector
 from worker.errors import WorkerError
 from worker.models import JobState
 from worker.providers import PROVIDERS
-from worker.store.base import Phase, QueueStats, Store
+from worker.store.base import Phase, QueueStats, SourceCounts, Store
 
 log = structlog.get_logger("worker.metrics")
 
@@ -108,11 +108,14 @@ class Metrics:
         try:
             async with asyncio.timeout(timeout_s):
                 stats = await store.queue_stats(now=now)
+                sources = await store.source_counts()
         except (WorkerError, TimeoutError) as exc:
             log.warning("metrics_queue_stats_failed", error=getattr(exc, "message", "timed out"))
             self._live.queue = None
+            self._live.sources = None
             return False
         self._live.queue = (stats, now)
+        self._live.sources = (sources, now)
         return True
 
     def render(self) -> bytes:
@@ -124,13 +127,34 @@ class _LiveCollector:
 
     def __init__(self) -> None:
         self.queue: tuple[QueueStats, float] | None = None
+        self.sources: tuple[Mapping[str, SourceCounts], float] | None = None
         self.in_flight: Callable[[], Mapping[Phase, int]] = dict
 
     def describe(self) -> Iterable[Metric]:
-        return self._families(None, {})
+        return [*self._families(None, {}), *self._mirror_families(None)]
 
     def collect(self) -> Iterable[Metric]:
-        return self._families(self.queue, self.in_flight())
+        return [*self._families(self.queue, self.in_flight()), *self._mirror_families(self.sources)]
+
+    @staticmethod
+    def _mirror_families(sources: tuple[Mapping[str, SourceCounts], float] | None) -> list[Metric]:
+        jobs = GaugeMetricFamily(
+            "asset_worker_mirror_jobs", "Jobs mirror sources discovered, by state", labels=["source", "state"]
+        )
+        age = GaugeMetricFamily(
+            "asset_worker_mirror_oldest_uncopied_age_seconds",
+            "Age of the oldest item a mirror source found and has not copied yet (0 when none): alert "
+            "well before the vendor's retention",
+            labels=["source"],
+        )
+        if sources is not None:
+            counts, now = sources
+            for source, stats in sorted(counts.items()):
+                for state in JobState:
+                    jobs.add_metric([source, state.value], stats.by_state.get(state, 0))
+                oldest = stats.oldest_uncopied_created_at
+                age.add_metric([source], 0.0 if oldest is None else max(now - oldest, 0.0))
+        return [jobs, age]
 
     @staticmethod
     def _families(queue: tuple[QueueStats, float] | None, in_flight: Mapping[Phase, int]) -> list[Metric]:

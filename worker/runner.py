@@ -108,6 +108,13 @@ class Runner:
             counts[active.phase] += 1
         return counts
 
+    async def wait_for_poll_room(self) -> None:
+        """Return once this process's poll pool has a free slot: a mirror walk waits here before
+        each page, so the polls of submitted jobs spend the vendor's read budget first."""
+        limit = self._settings.poll_concurrency
+        while sum(1 for a in list(self._active.values()) if a.phase is Phase.POLL) >= limit:
+            await self._clock.sleep(self._settings.claim_interval_s)
+
     def wake(self) -> None:
         """Look for due work now instead of at the next claim interval (a job was just submitted)."""
         self._wake.set()

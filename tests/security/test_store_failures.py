@@ -27,7 +27,7 @@ from tests.cli_support import (
     Result,
     cli,
     cli_environment,
-    kept_for_resume_only,
+    only_resume_parts,
     start,
     status_json,
     wait_for_part_file,
@@ -255,7 +255,7 @@ async def test_a_store_damaged_mid_run_ends_the_run_after_draining(
     assert "store_unusable" in names
     order = [names.index(e) for e in ("runner_draining", "runner_grace_expired", "runner_stopped")]
     assert order == sorted(order)
-    assert kept_for_resume_only(tmp_path / "assets")
+    assert only_resume_parts(tmp_path / "assets")
 
 
 async def test_a_write_error_while_a_download_runs_ends_the_run_at_the_next_renewal(
@@ -281,7 +281,7 @@ async def test_a_write_error_while_a_download_runs_ends_the_run_at_the_next_rene
     assert_one_unusable_line(result, tmp_path / "cli.db", "hit an I/O error", "SQLITE_IOERR", "system log")
     first = next(e for e in events(result.out) if e["event"] == "store_unusable")
     assert first.get("job") == "cloudlayer:big", first  # not a claim of the job after its lease expired
-    assert kept_for_resume_only(tmp_path / "assets")
+    assert only_resume_parts(tmp_path / "assets")
 
 
 # -- waited out ----------------------------------------------------------------------------

@@ -8,13 +8,13 @@ applies that.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, runtime_checkable
 
 from worker.envvars import PREFIX, Var, multiplier, positive_float, section
 from worker.errors import ConfigError
-from worker.models import AssetRef, Job, PollOutcome
+from worker.models import AssetRef, Job, JobKey, PollOutcome
 from worker.policy import Backoff
 
 if TYPE_CHECKING:  # the client (aiohttp) is loaded only by a worker that builds providers
@@ -113,6 +113,47 @@ class Provider(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class Listed:
+    """One item of a vendor's account listing, as the job that keeps a copy of it.
+
+    ``key`` is the same for the same item on every walk, in every replica (so the store's dedupe
+    means it is never fetched twice); ``created_at`` (UNIX seconds) when the vendor says; ``assets``
+    when the listing already names the files (the job then needs no poll: it is created ready to
+    download), empty when the job must be polled for them.
+    """
+
+    key: JobKey
+    item_id: str
+    created_at: float | None = None
+    assets: tuple[AssetRef, ...] = ()
+    # Other jobs that copy the same files (cloudlayer: the asset's own job, submitted by its job
+    # id): when one of them exists, the item needs no job of its own.
+    aliases: tuple[JobKey, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ListPage:
+    """A page of a listing walk; ``resume`` is where a walk interrupted after this page starts
+    again (saved with the walk), None after the last page."""
+
+    items: tuple[Listed, ...]
+    resume: str | None
+
+
+@runtime_checkable
+class Lister(Protocol):
+    """A provider that can list what an account holds (mirror mode); its spec's ``mirror_scope``
+    says which scopes it lists."""
+
+    def walk(self, scope: str, *, start: str | None, since: float | None) -> AsyncIterator[ListPage]:
+        """Pages of the listing, newest first, from ``start`` (a page's ``resume``; None: the top).
+        ``since`` (UNIX seconds): only items created since then are wanted; a lister may stop, or
+        filter, at that point. Raises ``UpstreamRejected`` (a scope the key cannot read: its code;
+        an answer not of the documented shape: ``malformed_response``) or ``UpstreamUnavailable``."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
 class ProviderContext:
     """What the worker hands a provider it builds: an API client of its own over the shared session
     (its retries are counted under its name, its answers bounded by the response limit)."""
@@ -148,6 +189,12 @@ class ProviderSpec(Generic[S]):
     # The variable a user must set before this provider can work at all (its API key), when it is
     # not set; None when it is ready. A worker leaves such a provider's jobs queued for one that can.
     missing: Callable[[S], str | None] = field(default=lambda _s: None)
+    # Mirror mode: refuses (ConfigError) a scope the provider cannot list ("" is the whole account,
+    # "prj_..." a Layers project); None when the provider cannot list at all. Its provider is a
+    # Lister when this is set.
+    mirror_scope: Callable[[str], None] | None = None
+    # A source as a user writes it, for help and errors ("layers:PROJECT_ID").
+    mirror_example: str = ""
     # Advice worth a warning at start (a schedule faster than the vendor allows): (event, fields).
     advice: Callable[[S, Schedule], tuple[tuple[str, dict[str, object]], ...]] = field(
         default=lambda _s, _sch: ()

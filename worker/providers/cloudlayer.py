@@ -1,4 +1,6 @@
-"""cloudlayer.io: ``GET /{v}/jobs/:id`` until ``success`` or ``error``, then the job's one file.
+"""cloudlayer.io: ``GET /{v}/jobs/:id`` until ``success`` or ``error``, then the job's one file; or
+one asset by its id (``cloudlayer:asset/<assetId>``, ``GET /{v}/assets/:id``); and the account's
+asset list for mirror mode (``cloudlayer_listing``).
 
 Statuses per the upstream contract: the SDKs' ``pending``/``success``/``error`` plus the newer
 docs' aliases. An unknown status keeps the job polling (logged once per status), because a new
@@ -7,7 +9,7 @@ intermediate state upstream must not fail jobs that will still succeed.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -18,7 +20,21 @@ from worker.envvars import Var, choice, http_url, optional_text, section
 from worker.errors import UpstreamRejected
 from worker.httpbase import default_error_reader
 from worker.models import AssetRef, Failed, Job, Pending, PollOutcome, Ready
-from worker.providers.base import ProviderContext, ProviderSpec, Schedule
+from worker.providers.base import ANY_ID_PATTERN, Listed, ListPage, ProviderContext, ProviderSpec, Schedule
+from worker.providers.cloudlayer_listing import (
+    ASSET_PREFIX,
+    MAX_ASSET_ID,
+    PAGE_LIMIT,
+    asset_id_of,
+    asset_ref,
+    check_asset_id,
+    check_mirror_scope,
+    ext_of_type,
+    parse_asset_page,
+    walk_by_offset,
+)
+from worker.providers.cloudlayer_listing import positive_int as positive_int
+from worker.providers.cloudlayer_listing import text as _text
 
 if TYPE_CHECKING:  # the client (aiohttp) is loaded only by a worker that builds providers
     from worker.httpclient import HttpClient
@@ -28,9 +44,6 @@ log = structlog.get_logger("worker.providers.cloudlayer")
 _PENDING = frozenset({"pending", "processing", "queued"})
 _SUCCESS = frozenset({"success", "completed"})
 _ERROR = frozenset({"error", "failed"})
-
-# Job types end in their output kind: "html-pdf", "url-image", "template-pdf"...
-_EXT_BY_TYPE = {"pdf": "pdf", "application/pdf": "pdf"}
 
 
 def classify_status(status: str) -> str:
@@ -45,29 +58,12 @@ def classify_status(status: str) -> str:
     return "unknown"
 
 
-def positive_int(value: object) -> int | None:
-    """A published size as an int, or None when absent or nonsense (never crash on a field)."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value if value >= 0 else None
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value.strip())
-    if isinstance(value, float) and value.is_integer() and value >= 0:
-        return int(value)
-    return None
-
-
 def read_error(status: int, body: bytes) -> tuple[str, str]:
     """cloudlayer's ``{"statusCode", "message"}`` errors, with a hint where one helps."""
     code, message = default_error_reader(status, body)
     if status == 401:
         message = f"cloudlayer refused the API key ({message}): check CLOUDLAYER_API_KEY"
     return code, message
-
-
-def _text(value: object) -> str | None:
-    return value if isinstance(value, str) and value else None
 
 
 DEFAULT_BASE_URL = "https://api.cloudlayer.io"
@@ -99,6 +95,9 @@ class CloudlayerProvider:
         self._warned_statuses: set[str] = set()
 
     async def poll(self, job: Job) -> PollOutcome:
+        asset_id = asset_id_of(job.key.upstream_id)
+        if asset_id is not None:
+            return Ready((await self._asset(asset_id),))
         body = await self._get(f"jobs/{quote(job.key.upstream_id, safe='')}")
         status = body.get("status")
         if not isinstance(status, str):
@@ -120,9 +119,13 @@ class CloudlayerProvider:
         return Pending(status)
 
     def folder(self, job: Job) -> str:
-        return job.key.upstream_id
+        # Assets copied by id have no job to group them under: cloudlayer/assets/<assetId>.<ext>.
+        return "assets" if asset_id_of(job.key.upstream_id) is not None else job.key.upstream_id
 
     async def refresh(self, job: Job, ref: AssetRef) -> AssetRef:
+        asset_id = asset_id_of(job.key.upstream_id)
+        if asset_id is not None:
+            return await self._asset(asset_id)
         body = await self._get(f"jobs/{quote(job.key.upstream_id, safe='')}")
         if classify_status(str(body.get("status", ""))) != "success":
             raise UpstreamRejected(
@@ -132,10 +135,34 @@ class CloudlayerProvider:
             )
         return await self._resolve(job, body)
 
+    # -- Lister (mirror mode) -----------------------------------------------------------------
+
+    async def walk(self, scope: str, *, start: str | None, since: float | None) -> AsyncIterator[ListPage]:
+        """The account's assets, newest first (``cloudlayer_listing`` says how offsets are kept
+        honest). ``since`` is not a filter the vendor offers: the walk's caller decides when an
+        incremental walk has gone far enough and stops iterating."""
+        check_mirror_scope(scope)
+        async for page in walk_by_offset(self._list_page, start=start):
+            yield page
+
+    async def _list_page(self, offset: int) -> tuple[Listed, ...]:
+        url = self._url(f"assets?limit={PAGE_LIMIT}&offset={offset}")
+        return parse_asset_page(await self._request(url), url)
+
+    # -- shared -------------------------------------------------------------------------------
+
+    async def _asset(self, asset_id: str) -> AssetRef:
+        """One asset by its id, with a URL fresh from the API (a 404 fails the job: not_found)."""
+        body = await self._get(f"assets/{quote(asset_id, safe='')}")
+        ref = asset_ref(asset_id, body)
+        if ref is None:
+            raise UpstreamRejected(f"cloudlayer asset {asset_id} names no url", code="malformed_response")
+        return ref
+
     async def _resolve(self, job: Job, body: dict[str, Any]) -> AssetRef:
         asset_id = _text(body.get("assetId"))
         size = positive_int(body.get("size"))
-        ext = _EXT_BY_TYPE.get(str(body.get("type", "")).rsplit("-", 1)[-1])
+        ext = ext_of_type(body.get("type"))
         url = _text(body.get("assetUrl"))
         if url is None and asset_id is not None:
             asset = await self._get(f"assets/{quote(asset_id, safe='')}")
@@ -152,17 +179,26 @@ class CloudlayerProvider:
             asset_id=asset_id or job.key.upstream_id, url=url, expected_size=size or None, ext=ext
         )
 
+    def _url(self, path: str) -> str:
+        return f"{self._settings.base_url}/{self._settings.api_version}/{path}"
+
     async def _get(self, path: str) -> dict[str, Any]:
+        url = self._url(path)
+        body = await self._request(url)
+        if not isinstance(body, dict):
+            raise UpstreamRejected(f"GET {url}: expected a JSON object", url=url, code="malformed_response")
+        return body
+
+    async def _request(self, url: str) -> Any:
+        """The parsed JSON answer of ``GET url`` (every read, polls and list pages, through the one
+        client: the same retries and the same answer bound)."""
         if not self._settings.api_key:
             raise UpstreamRejected(
                 "no cloudlayer API key configured: set CLOUDLAYER_API_KEY", code="unauthenticated"
             )
-        url = f"{self._settings.base_url}/{self._settings.api_version}/{path}"
         response = await self._http.get_json(
             url, headers={"X-API-Key": self._settings.api_key}, error_reader=read_error
         )
-        if not isinstance(response.body, dict):
-            raise UpstreamRejected(f"GET {url}: expected a JSON object", url=url, code="malformed_response")
         return response.body
 
 
@@ -182,18 +218,29 @@ def _advice(settings: CloudlayerSettings, schedule: Schedule) -> tuple[tuple[str
 
 
 def _check_id(upstream_id: str) -> None:
-    return None  # any id JobKey accepts: cloudlayer's job ids are opaque
+    # Job ids are opaque: any id JobKey accepts. "asset/<assetId>" names one asset instead.
+    asset_id = asset_id_of(upstream_id)
+    if asset_id is not None:
+        check_asset_id(asset_id)
+
+
+# What _check_id accepts, as a JSON Schema (ECMA 262) pattern: an asset key with one id, or any other
+# id JobKey accepts that does not start with "asset/".
+ID_PATTERN = rf"{ASSET_PREFIX}[^\s\x00-\x1f\x7f-\x9f/]{{1,{MAX_ASSET_ID}}}|(?!{ASSET_PREFIX}){ANY_ID_PATTERN}"
 
 
 SPEC = ProviderSpec(
     name="cloudlayer",
-    key_example="cloudlayer:<jobId>",
+    key_example="cloudlayer:<jobId> (or cloudlayer:asset/<assetId>)",
     variables=VARIABLES,
     load=_load,
     schedule=Schedule(initial_s=2.0, max_s=30.0, multiplier=2.0),
     check_id=_check_id,
+    id_pattern=ID_PATTERN,
     build=_build,
     secrets=lambda settings: (settings.api_key,),
     missing=lambda settings: None if settings.api_key else "CLOUDLAYER_API_KEY",
+    mirror_scope=check_mirror_scope,
+    mirror_example="cloudlayer",
     advice=_advice,
 )

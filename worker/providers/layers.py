@@ -6,19 +6,20 @@ descriptor, not the container's summary, is authoritative for the URL, size, che
 
 Errors come in one envelope, ``{"error": {"code", "message", "requestId", "details"}}``; the code
 is what we branch on and report (lower-cased), never the message. Every read of this provider goes
-through one ``RateLimiter``, because the vendor's read budget is per API key, not per job.
+through one ``RateLimiter``, because the vendor's read budget is per API key, not per job: a
+project's content list too (mirror mode; the query and pages in ``layers_listing``, ids and times in
+``layers_ids``).
 
-A little over 400 lines: the vendor's whole protocol (ids, jobs, containers, descriptors, errors)
-and its spec, kept in the one module the registry names.
+A little over 400 lines: the vendor's whole protocol (jobs, containers, descriptors, errors, the
+walk) and its spec, kept in the one module the registry names.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import structlog
@@ -29,7 +30,12 @@ from worker.httpbase import default_error_reader
 from worker.jsonbody import try_parse_json
 from worker.models import AssetRef, Failed, Job, Pending, PollOutcome, Ready
 from worker.naming import choose_ext
-from worker.providers.base import ProviderContext, ProviderSpec, Schedule
+from worker.providers.base import ListPage, ProviderContext, ProviderSpec, Schedule
+from worker.providers.layers_ids import Target as Target
+from worker.providers.layers_ids import parse_target as parse_target
+from worker.providers.layers_ids import parse_time as parse_time
+from worker.providers.layers_ids import text as _text
+from worker.providers.layers_listing import check_mirror_scope, content_path, parse_content_page
 from worker.ratelimit import RateLimiter
 
 if TYPE_CHECKING:  # the client (aiohttp) is loaded only by a worker that builds providers
@@ -37,31 +43,9 @@ if TYPE_CHECKING:  # the client (aiohttp) is loaded only by a worker that builds
 
 log = structlog.get_logger("worker.providers.layers")
 
-_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 # "generating" is the older docs' name for "processing"; both mean "poll again".
 _CONTAINER_PENDING = frozenset({"queued", "processing", "generating"})
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    """What a job key names upstream: a generation job or a content container (``cnt_<uuid>``)."""
-
-    kind: Literal["job", "container"]
-    id: str
-
-
-def parse_target(upstream_id: str) -> Target:
-    """``job_...`` is a job; ``cnt_<uuid>`` or a bare uuid a container (normalised to ``cnt_``)."""
-    if upstream_id.startswith("job_") and len(upstream_id) > len("job_"):
-        return Target("job", upstream_id)
-    uuid = upstream_id.removeprefix("cnt_").lower()
-    if _UUID.match(uuid):
-        return Target("container", f"cnt_{uuid}")
-    raise InvalidJob(
-        f"Layers id {upstream_id!r} is neither a generation job (job_<id>) nor a content container "
-        "(cnt_<uuid> or a bare uuid)"
-    )
 
 
 # The vendor's codes by HTTP status, for error bodies that carry none (a proxy's page, a bare 503).
@@ -89,12 +73,7 @@ def read_error(status: int, body: bytes) -> tuple[str, str]:
     code = (_text(error.get("code")) or fallback_code).lower()
     message = _text(error.get("message")) or f"HTTP {status}"
     if code == "forbidden_scope":
-        details = error.get("details")
-        scope = _text(details.get("requiredScope")) if isinstance(details, dict) else None
-        message = (
-            f"the Layers API key lacks the scope {scope or '(not named)'}: grant "
-            f"{scope or 'content:read and jobs:read'} to the key in LAYERS_API_KEY, or set a key that has it"
-        )
+        message = _forbidden_message(error.get("details"))
     elif code == "unauthenticated":
         message = f"{message}: check LAYERS_API_KEY"
     request_id = _text(error.get("requestId"))
@@ -102,17 +81,21 @@ def read_error(status: int, body: bytes) -> tuple[str, str]:
     return code, f"{message} (requestId {request_id})" if request_id else message
 
 
-def parse_time(value: object) -> float | None:
-    """An ISO 8601 time (``...Z``) as UNIX seconds; None when absent or unreadable."""
-    if not isinstance(value, str):
-        return None
-    try:
-        when = datetime.fromisoformat(value.strip())
-    except ValueError:
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return when.timestamp()
+def _forbidden_message(details: object) -> str:
+    """What to do about a FORBIDDEN_SCOPE: a project the key may not read (a mirror's list), or a
+    scope the key lacks."""
+    details = details if isinstance(details, dict) else {}
+    project = _text(details.get("projectId"))
+    if project is not None:
+        return (
+            f"the Layers API key in LAYERS_API_KEY may not read project {project}: mirror a project of "
+            "the key's account, or use a key that can read it"
+        )
+    scope = _text(details.get("requiredScope"))
+    return (
+        f"the Layers API key lacks the scope {scope or '(not named)'}: grant "
+        f"{scope or 'content:read and jobs:read'} to the key in LAYERS_API_KEY, or set a key that has it"
+    )
 
 
 def asset_ref(descriptor: dict[str, Any], *, where: str) -> AssetRef:
@@ -146,10 +129,6 @@ def _ext(mime: str | None, url: str) -> str | None:
         if ext != "bin":
             return ext
     return None
-
-
-def _text(value: object) -> str | None:
-    return value if isinstance(value, str) and value else None
 
 
 def _status(body: dict[str, Any], where: str) -> str:
@@ -260,6 +239,37 @@ class LayersProvider:
             return parse_target(job.key.upstream_id).id
         except InvalidJob:
             return job.key.upstream_id
+
+    # -- Lister (mirror mode) -----------------------------------------------------------------
+
+    async def walk(self, scope: str, *, start: str | None, since: float | None) -> AsyncIterator[ListPage]:
+        """The project's completed containers, newest first, by cursor; every page is a read from
+        the same budget (``self._limiter``) as the polls."""
+        check_mirror_scope(scope)
+        where = f"Layers project {scope} content list"
+        cursor, resumed = start, start is not None
+        while True:
+            try:
+                _, body, _ = await self._get(content_path(scope, cursor=cursor, since=since), {})
+            except UpstreamRejected as exc:
+                if not resumed or exc.code != "validation":
+                    raise
+                # A saved cursor the API no longer takes (bound to other filters, or expired): start
+                # over from the top, which only re-lists what the store already knows.
+                log.warning("listing_resume_refused", provider=self.name, project=scope)
+                cursor, resumed = None, False
+                continue
+            resumed = False
+            items, next_cursor = parse_content_page(body, where)
+            if next_cursor is not None and next_cursor == cursor:
+                # The same page again would loop forever.
+                raise UpstreamRejected(
+                    f"{where}: nextCursor repeats the cursor sent", code="malformed_response"
+                )
+            yield ListPage(items, next_cursor)
+            if next_cursor is None:
+                return
+            cursor = next_cursor
 
     # -- jobs ---------------------------------------------------------------------------------
 
@@ -418,4 +428,6 @@ SPEC = ProviderSpec(
     build=_build,
     secrets=lambda settings: (settings.api_key,),
     missing=lambda settings: None if settings.api_key else "LAYERS_API_KEY",
+    mirror_scope=check_mirror_scope,
+    mirror_example="layers:PROJECT_ID",
 )

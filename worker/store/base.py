@@ -59,6 +59,47 @@ class QueueStats:
     oldest_due_at: float | None  # the earliest ``due_at`` among those, None when there are none
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Discovered:
+    """An item a mirror walk found, as the job to create for it (when there is none yet): ready to
+    download when the listing named its files (``assets``), else queued for a poll."""
+
+    key: JobKey
+    created_at: float | None
+    due_at: float
+    assets: tuple[AssetRef, ...] = ()
+    # Other keys that copy the same files: when a job of one exists, none is created for the item.
+    aliases: tuple[JobKey, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WalkRecord:
+    """A mirror source as the store keeps it: the walk under way (or interrupted: ``kind`` and
+    ``position`` say where to resume), when walks last completed, the newest item seen, the last
+    error, and who holds the walk's lease."""
+
+    source: str
+    kind: str | None  # "full" or "incremental" while a walk is under way or was interrupted
+    position: str | None
+    started_at: float | None
+    pages: int
+    last_full_walk_at: float | None
+    last_walk_at: float | None
+    newest_created_at: float | None
+    error: JobError | None
+    lease_owner: str | None
+    lease_expires_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class SourceCounts:
+    """A mirror source's jobs by state, and the creation time of the oldest item not yet copied
+    (what a retention alert watches)."""
+
+    by_state: dict[JobState, int]
+    oldest_uncopied_created_at: float | None
+
+
 @dataclass(frozen=True, slots=True)
 class ProgressReport:
     """A claim's latest measure of its download, to be recorded on the job's row."""
@@ -217,6 +258,61 @@ class Store(Protocol):
     async def record_progress(self, reports: Sequence[ProgressReport]) -> None:
         """Record each report on its job, all in one transaction; a report whose job is no longer
         leased to its ``owner`` is skipped (progress is advisory: it never raises ``LeaseLost``)."""
+        ...
+
+    # -- mirror mode ------------------------------------------------------------------------
+
+    async def submit_discovered(self, items: Sequence[Discovered], *, source: str, now: float) -> list[bool]:
+        """Create a job for each item that has none (any job of that key or of one of its
+        ``aliases``, whatever its state or source, counts: an item is never fetched twice), tagged
+        with ``source`` and the item's creation time, all in one transaction; whether each was
+        created, in order."""
+        ...
+
+    async def claim_walk(self, source: str, *, owner: str, now: float, lease_s: float) -> WalkRecord | None:
+        """Take the walk lease of ``source`` (creating its record on first use) when nobody holds
+        it or its lease ran out; the record, or None when another walker holds it."""
+        ...
+
+    async def save_walk(
+        self,
+        source: str,
+        *,
+        owner: str,
+        now: float,
+        lease_s: float,
+        kind: str,
+        position: str | None,
+        pages: int,
+        newest_created_at: float | None,
+    ) -> None:
+        """Record the walk's progress after a page (where to resume) and extend its lease;
+        ``LeaseLost`` when ``owner`` no longer holds it."""
+        ...
+
+    async def end_walk(
+        self,
+        source: str,
+        *,
+        owner: str,
+        now: float,
+        kind: str,
+        completed: bool,
+        newest_created_at: float | None,
+        error: JobError | None = None,
+    ) -> None:
+        """Release the walk's lease. ``completed``: the walk reached its end (its position is
+        cleared, the time recorded: as a full walk too when ``kind`` is full); otherwise its kind
+        and position stay for the next walker to resume, with ``error`` recorded. Silent when
+        ``owner`` no longer holds it."""
+        ...
+
+    async def walks(self) -> list[WalkRecord]:
+        """Every mirror source's record, by name."""
+        ...
+
+    async def source_counts(self) -> dict[str, SourceCounts]:
+        """Per mirror source: its jobs by state, and the oldest uncopied item's creation time."""
         ...
 
     async def get(self, keys: Sequence[JobKey]) -> list[Job]:

@@ -92,4 +92,26 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     # 4: the download under way, as its worker last reported it (worker.meter), or NULL.
     ("ALTER TABLE asset_worker.jobs ADD COLUMN progress jsonb",),
+    # 5: mirror mode: the source a job was discovered by, when the vendor created its item, and
+    # one row per source (its walk's lease, where an interrupted walk resumes, its history).
+    (
+        "ALTER TABLE asset_worker.jobs ADD COLUMN source text",
+        "ALTER TABLE asset_worker.jobs ADD COLUMN origin_created_at double precision",
+        "CREATE INDEX jobs_source ON asset_worker.jobs (source, state) WHERE source IS NOT NULL",
+        """CREATE TABLE asset_worker.mirror_sources (
+            source            text PRIMARY KEY,
+            lease_owner       text,
+            lease_expires_at  double precision,
+            walk_kind         text CHECK (walk_kind IN ('full', 'incremental')),
+            walk_position     text,
+            walk_started_at   double precision,
+            walk_pages        integer NOT NULL DEFAULT 0,
+            last_full_walk_at double precision,
+            last_walk_at      double precision,
+            newest_created_at double precision,
+            error_code        text,
+            error_message     text,
+            updated_at        double precision NOT NULL
+        )""",
+    ),
 )

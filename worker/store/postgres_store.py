@@ -41,8 +41,18 @@ from worker.aio import shielded
 from worker.errors import ConfigError, LeaseLost, StoreUnavailable
 from worker.models import AssetRecord, AssetRef, Job, JobError, JobKey, JobState, Receipt
 from worker.redaction import redact_url
-from worker.store import postgres_schema
-from worker.store.base import Cursor, Phase, ProgressReport, QueueStats, SubmitResult, submit_results
+from worker.store import postgres_mirror, postgres_schema
+from worker.store.base import (
+    Cursor,
+    Discovered,
+    Phase,
+    ProgressReport,
+    QueueStats,
+    SourceCounts,
+    SubmitResult,
+    WalkRecord,
+    submit_results,
+)
 from worker.store.postgres_errors import TRANSIENT, describe, is_a_bug
 from worker.store.rows import (
     asset_from_row,
@@ -528,6 +538,63 @@ class PostgresStore:
         await self._transaction(body)
 
     # -- reading ----------------------------------------------------------------------------
+
+    # -- mirror mode (postgres_mirror) --------------------------------------------------------
+
+    async def submit_discovered(self, items: Sequence[Discovered], *, source: str, now: float) -> list[bool]:
+        if not items:
+            return []
+        return await self._transaction(
+            lambda conn: postgres_mirror.submit_discovered(conn, items, source, now)
+        )
+
+    async def claim_walk(self, source: str, *, owner: str, now: float, lease_s: float) -> WalkRecord | None:
+        return await self._transaction(
+            lambda conn: postgres_mirror.claim_walk(conn, source, owner, now, lease_s)
+        )
+
+    async def save_walk(
+        self,
+        source: str,
+        *,
+        owner: str,
+        now: float,
+        lease_s: float,
+        kind: str,
+        position: str | None,
+        pages: int,
+        newest_created_at: float | None,
+    ) -> None:
+        saved = await self._transaction(
+            lambda conn: postgres_mirror.save_walk(
+                conn, source, owner, now, lease_s, kind, position, pages, newest_created_at
+            )
+        )
+        if not saved:
+            raise LeaseLost(f"the walk of {source} is no longer held by {owner}")
+
+    async def end_walk(
+        self,
+        source: str,
+        *,
+        owner: str,
+        now: float,
+        kind: str,
+        completed: bool,
+        newest_created_at: float | None,
+        error: JobError | None = None,
+    ) -> None:
+        await self._transaction(
+            lambda conn: postgres_mirror.end_walk(
+                conn, source, owner, now, kind, completed, newest_created_at, error
+            )
+        )
+
+    async def walks(self) -> list[WalkRecord]:
+        return await self._transaction(postgres_mirror.walks, read_only=True)
+
+    async def source_counts(self) -> dict[str, SourceCounts]:
+        return await self._transaction(postgres_mirror.source_counts, read_only=True)
 
     async def get(self, keys: Sequence[JobKey]) -> list[Job]:
         wanted = [str(k) for k in keys]

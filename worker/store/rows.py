@@ -8,6 +8,7 @@ state is a JSON object in text), so one mapping serves both.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any, Protocol
 
 from worker.models import (
@@ -21,6 +22,7 @@ from worker.models import (
     Receipt,
     TransferProgress,
 )
+from worker.store.base import SourceCounts, WalkRecord
 
 
 class Row(Protocol):
@@ -163,3 +165,37 @@ def _opt_int(value: int | None) -> int | None:
 
 def _opt_str(value: str | None) -> str | None:
     return None if value is None else str(value)
+
+
+def walk_from_row(row: Row) -> WalkRecord:
+    """A ``mirror_sources`` row."""
+    return WalkRecord(
+        source=str(row["source"]),
+        kind=_opt_str(row["walk_kind"]),
+        position=_opt_str(row["walk_position"]),
+        started_at=opt_float(row["walk_started_at"]),
+        pages=int(row["walk_pages"]),
+        last_full_walk_at=opt_float(row["last_full_walk_at"]),
+        last_walk_at=opt_float(row["last_walk_at"]),
+        newest_created_at=opt_float(row["newest_created_at"]),
+        error=_error(row["error_code"], row["error_message"]),
+        lease_owner=_opt_str(row["lease_owner"]),
+        lease_expires_at=opt_float(row["lease_expires_at"]),
+    )
+
+
+def source_counts_from_rows(rows: Iterable[Row]) -> dict[str, SourceCounts]:
+    """Rows of ``(source, state, n, oldest)`` (oldest: the earliest ``origin_created_at`` of that
+    state's jobs) as counts per source; the oldest uncopied item is over the unfinished states and
+    ``failed`` (a failed copy is not a copy)."""
+    counts: dict[str, dict[JobState, int]] = {}
+    oldest: dict[str, float | None] = {}
+    for row in rows:
+        source = str(row["source"])
+        state = JobState(row["state"])
+        counts.setdefault(source, dict.fromkeys(JobState, 0))[state] = int(row["n"])
+        oldest.setdefault(source, None)
+        if state is not JobState.DONE and state is not JobState.CANCELED and row["oldest"] is not None:
+            seen = oldest[source]
+            oldest[source] = float(row["oldest"]) if seen is None else min(seen, float(row["oldest"]))
+    return {source: SourceCounts(by_state, oldest[source]) for source, by_state in counts.items()}

@@ -33,15 +33,18 @@ from worker.aio import shielded
 from worker.errors import ConfigError, LeaseLost
 from worker.models import AssetRecord, AssetRef, Job, JobError, JobKey, JobState, Receipt
 from worker.redaction import redact_url
-from worker.store import sqlite_schema
+from worker.store import sqlite_mirror, sqlite_schema
 from worker.store.base import (
     Cursor,
+    Discovered,
     Phase,
     ProgressReport,
     QueueStats,
+    SourceCounts,
     Store,
     StoreSpec,
     SubmitResult,
+    WalkRecord,
     submit_results,
 )
 from worker.store.rows import (
@@ -445,6 +448,61 @@ class SqliteStore:
         await self._db.transaction(body)
 
     # -- reading ----------------------------------------------------------------------------
+
+    # -- mirror mode (sqlite_mirror) ----------------------------------------------------------
+
+    async def submit_discovered(self, items: Sequence[Discovered], *, source: str, now: float) -> list[bool]:
+        if not items:
+            return []
+        return await self._db.transaction(lambda db: sqlite_mirror.submit_discovered(db, items, source, now))
+
+    async def claim_walk(self, source: str, *, owner: str, now: float, lease_s: float) -> WalkRecord | None:
+        return await self._db.transaction(
+            lambda db: sqlite_mirror.claim_walk(db, source, owner, now, lease_s)
+        )
+
+    async def save_walk(
+        self,
+        source: str,
+        *,
+        owner: str,
+        now: float,
+        lease_s: float,
+        kind: str,
+        position: str | None,
+        pages: int,
+        newest_created_at: float | None,
+    ) -> None:
+        saved = await self._db.transaction(
+            lambda db: sqlite_mirror.save_walk(
+                db, source, owner, now, lease_s, kind, position, pages, newest_created_at
+            )
+        )
+        if not saved:
+            raise LeaseLost(f"the walk of {source} is no longer held by {owner}")
+
+    async def end_walk(
+        self,
+        source: str,
+        *,
+        owner: str,
+        now: float,
+        kind: str,
+        completed: bool,
+        newest_created_at: float | None,
+        error: JobError | None = None,
+    ) -> None:
+        await self._db.transaction(
+            lambda db: sqlite_mirror.end_walk(
+                db, source, owner, now, kind, completed, newest_created_at, error
+            )
+        )
+
+    async def walks(self) -> list[WalkRecord]:
+        return await self._db.transaction(sqlite_mirror.walks, write=False)
+
+    async def source_counts(self) -> dict[str, SourceCounts]:
+        return await self._db.transaction(sqlite_mirror.source_counts, write=False)
 
     async def get(self, keys: Sequence[JobKey]) -> list[Job]:
         names = [str(k) for k in keys]

@@ -80,4 +80,26 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # The download under way, as its worker last reported it (worker.meter): JSON, or NULL.
         "ALTER TABLE jobs ADD COLUMN progress TEXT",
     ),
+    (
+        # Mirror mode: the source a job was discovered by, and when the vendor created its item.
+        "ALTER TABLE jobs ADD COLUMN source TEXT",
+        "ALTER TABLE jobs ADD COLUMN origin_created_at REAL",
+        "CREATE INDEX jobs_source ON jobs (source, state) WHERE source IS NOT NULL",
+        # One row per mirror source: its walk's lease, where an interrupted walk resumes, history.
+        """CREATE TABLE mirror_sources (
+            source            TEXT PRIMARY KEY,
+            lease_owner       TEXT,
+            lease_expires_at  REAL,
+            walk_kind         TEXT,
+            walk_position     TEXT,
+            walk_started_at   REAL,
+            walk_pages        INTEGER NOT NULL DEFAULT 0,
+            last_full_walk_at REAL,
+            last_walk_at      REAL,
+            newest_created_at REAL,
+            error_code        TEXT,
+            error_message     TEXT,
+            updated_at        REAL NOT NULL
+        )""",
+    ),
 )

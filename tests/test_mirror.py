@@ -278,3 +278,23 @@ async def test_run_keeps_a_source_mirrored(sim: Simulator, tmp_path: Path) -> No
     (row,) = json.loads((await cli(env, "mirror", "--status", "--json")).out)
     assert (row["copied"], row["pending"], row["failed"]) == (70, 0, 0)
     assert row["last_full_walk_at"] is not None and row["walk"] is None
+
+
+async def test_a_layers_project_walked_again_with_nothing_new_costs_one_read(
+    sim: Simulator, make_settings: SettingsFactory
+) -> None:
+    """450 completed containers (and some still processing): the full walk lists the completed
+    ones in pages of 200 and queues a job for each; the next walk is incremental, asks only for
+    recent ones, reads one page, and creates nothing. (Copying containers is the ordinary
+    container job, tested with the bad sources above.)"""
+    sim.add_layers_containers("prj_inc", 500, status=[*["completed"] * 9, "processing"], slides=1, size=50)
+    settings = mirroring(make_settings(), "layers:prj_inc")
+    async with open_worker(settings) as worker:
+        (full,) = await worker.mirror.walk_all(settings.mirror.sources)
+        reads_after_full = len(sim.requests("layers.project_content"))
+        (again,) = await worker.mirror.walk_all(settings.mirror.sources)
+        reads = len(sim.requests("layers.project_content")) - reads_after_full
+        counts = await worker.store.source_counts()
+    assert (full.kind, full.items, full.created, reads_after_full) == ("full", 450, 450, 3)
+    assert (again.kind, again.created, reads) == ("incremental", 0, 1)
+    assert counts["layers:prj_inc"].by_state[JobState.QUEUED] == 450

@@ -428,6 +428,28 @@ async def test_finish_round_trips(store: Store) -> None:
         await store.finish(B, owner="w1", now=4.0, state=JobState.POLLING)
 
 
+async def test_finish_records_the_last_receipts_in_the_same_transaction(store: Store) -> None:
+    """finish(receipts=...) stores them and ends the job in one transaction; under another owner it
+    changes nothing, receipts included."""
+    await ready(store, A, ["x", "y"])
+    await store.record_receipt(A, owner="w1", receipt=receipt("x"))
+    with pytest.raises(LeaseLost):
+        await store.finish(A, owner="w2", now=4.0, state=JobState.DONE, receipts=[receipt("y")])
+    (job,) = await store.get([A])
+    assert job.state is JobState.DOWNLOADING and [a.state for a in job.assets] == [
+        AssetState.STORED,
+        AssetState.PENDING,
+    ]
+    before = store.transactions
+    await store.finish(A, owner="w1", now=5.0, state=JobState.DONE, receipts=[receipt("y", stored_at=5.0)])
+    assert store.transactions == before + 1
+    (job,) = await store.get([A])
+    assert job.state is JobState.DONE and [a.receipt for a in job.assets] == [
+        receipt("x"),
+        receipt("y", stored_at=5.0),
+    ]
+
+
 async def test_retry_later_round_trips(store: Store) -> None:
     """retry_later keeps the state, sets due_at, remembers the last error and drops the lease."""
     await ready(store, A, ["x"])

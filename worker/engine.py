@@ -28,7 +28,7 @@ import collections
 import functools
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -197,6 +197,11 @@ class Engine:
             await self._finish(job, owner, JobState.FAILED, error)
             return
         first_error: JobError | None = None
+        pending = [record for record in job.assets if record.state is AssetState.PENDING]
+        stored: list[Receipt] = []
+        # The last asset's receipt is written by finish() itself: one transaction, not two. The
+        # others are written as each is stored, so a crash in between fetches none of them again.
+        deferred: list[Receipt] = []
         try:
             for record in job.assets:
                 if record.state is AssetState.STORED:
@@ -204,18 +209,21 @@ class Engine:
                 if record.state is AssetState.FAILED:
                     first_error = first_error or record.error
                     continue
-                asset_error = await self._store_asset(job, record, lease)
+                last = record is pending[-1]
+                receipt, asset_error = await self._store_asset(job, record, lease, record_receipt=not last)
                 first_error = first_error or asset_error
+                if receipt is not None:
+                    stored.append(receipt)
+                    if last:
+                        deferred.append(receipt)
         except AssetSetChanged as changed:
             await self._resolve_again(job, owner, changed)
             return
         except StorageUnavailable as down:
             await self._wait_for_destination(job, owner, down)
             return
-        if first_error is not None:
-            await self._finish(job, owner, JobState.FAILED, first_error)
-        else:
-            await self._finish(job, owner, JobState.DONE, None)
+        state = JobState.FAILED if first_error is not None else JobState.DONE
+        await self._finish(job, owner, state, first_error, stored=stored, unrecorded=deferred)
 
     async def _wait_for_destination(self, job: Job, owner: str, down: StorageUnavailable) -> None:
         """The destination is full or unreachable: the job goes back to the queue for a while,
@@ -285,7 +293,11 @@ class Engine:
             origin="reused",
         )
 
-    async def _store_asset(self, job: Job, record: AssetRecord, lease: Lease) -> JobError | None:
+    async def _store_asset(
+        self, job: Job, record: AssetRecord, lease: Lease, *, record_receipt: bool
+    ) -> tuple[Receipt | None, JobError | None]:
+        """Store one asset: its receipt (recorded unless ``record_receipt`` is False, when the
+        caller records it), or the error it failed with (recorded)."""
         owner = lease.token
         try:
             sink = self._sinks.for_dest(job.dest)
@@ -304,8 +316,9 @@ class Engine:
                 error=exc.code,
                 message=exc.message,
             )
-            return error
-        await self._store.record_receipt(job.key, owner=owner, receipt=receipt)
+            return None, error
+        if record_receipt:
+            await self._store.record_receipt(job.key, owner=owner, receipt=receipt)
         self._metrics.stored_assets.labels(provider=job.key.provider).inc()
         self._metrics.stored_bytes.labels(provider=job.key.provider).inc(receipt.size)
         log.info(
@@ -317,7 +330,7 @@ class Engine:
             sha256=receipt.sha256,
             upstream_verified=receipt.upstream_verified,
         )
-        return None
+        return receipt, None
 
     async def _fetch_with_retries(self, job: Job, ref: AssetRef, lease: Lease, sink: Sink) -> Receipt:
         provider = self._provider(job)
@@ -423,27 +436,34 @@ class Engine:
             raise InvalidJob(f"no provider {job.key.provider!r} is configured in this worker")
         return provider
 
-    async def _finish(self, job: Job, owner: str, state: JobState, error: JobError | None) -> None:
-        # Read what was stored while the lease is still held; after finish() the job is no
-        # longer this worker's to look at.
-        (finished,) = await self._store.get([job.key])
+    async def _finish(
+        self,
+        job: Job,
+        owner: str,
+        state: JobState,
+        error: JobError | None,
+        *,
+        stored: Sequence[Receipt] = (),
+        unrecorded: Sequence[Receipt] = (),
+    ) -> None:
+        """End the job (recording ``unrecorded`` receipts in the same transaction); its log line
+        counts what the claim found stored plus ``stored``, what this claim stored."""
         now = self._clock.now()
-        await self._store.finish(job.key, owner=owner, now=now, state=state, error=error)
+        await self._store.finish(job.key, owner=owner, now=now, state=state, error=error, receipts=unrecorded)
         self.outcomes[state.value] += 1
         self._metrics.job_outcomes.labels(provider=job.key.provider, outcome=state.value).inc()
-        stored = [a.receipt for a in finished.assets if a.receipt is not None]
+        copies = [a.receipt for a in job.assets if a.receipt is not None] + list(stored)
         log.info(
             "job_finished",
             job=str(job.key),
             provider=job.key.provider,
             outcome=state.value,
             duration_s=round(now - job.submitted_at, 3),
-            bytes=sum(r.size for r in stored),
-            assets=len(finished.assets),
-            assets_stored=len(stored),
+            bytes=sum(r.size for r in copies),
+            assets=len(job.assets),
+            assets_stored=len(copies),
             attempts=job.attempts,
-            polls=finished.polls,
+            polls=job.polls,
             error_code=error.code if error else None,
             error=error.message if error else None,
         )
-

@@ -228,9 +228,18 @@ class Store(Protocol):
         ...
 
     async def finish(
-        self, key: JobKey, *, owner: str, now: float, state: JobState, error: JobError | None = None
+        self,
+        key: JobKey,
+        *,
+        owner: str,
+        now: float,
+        state: JobState,
+        error: JobError | None = None,
+        receipts: Sequence[Receipt] = (),
     ) -> None:
-        """Move to a final state, set ``finished_at``, record the error, drop the lease."""
+        """Move to a final state, set ``finished_at``, record the error, drop the lease; first record
+        ``receipts`` as ``record_receipt`` does, in the same transaction (the last asset of a job
+        costs one transaction, not two)."""
         ...
 
     async def retry_later(

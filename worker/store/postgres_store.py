@@ -416,19 +416,33 @@ class PostgresStore:
         await self._transaction(body)
 
     async def finish(
-        self, key: JobKey, *, owner: str, now: float, state: JobState, error: JobError | None = None
+        self,
+        key: JobKey,
+        *,
+        owner: str,
+        now: float,
+        state: JobState,
+        error: JobError | None = None,
+        receipts: Sequence[Receipt] = (),
     ) -> None:
         if not state.is_final:
             raise ValueError(f"finish() needs a final state, not {state.value!r}")
-        await self._update_leased(
-            key,
-            owner,
-            """state = $3, finished_at = $4, updated_at = $4, error_code = $5, error_message = $6,
-               lease_owner = NULL, lease_expires_at = NULL""",
-            state.value,
-            now,
-            *error_columns(error),
-        )
+
+        async def body(conn: Conn) -> None:
+            for receipt in receipts:
+                await _record_receipt(conn, key, owner, receipt)
+            await _update_leased(
+                conn,
+                key,
+                owner,
+                """state = $3, finished_at = $4, updated_at = $4, error_code = $5, error_message = $6,
+                   lease_owner = NULL, lease_expires_at = NULL""",
+                state.value,
+                now,
+                *error_columns(error),
+            )
+
+        await self._transaction(body)
 
     async def retry_later(
         self, key: JobKey, *, owner: str, now: float, due_at: float, error: JobError | None = None
@@ -478,36 +492,7 @@ class PostgresStore:
         await self._transaction(body)
 
     async def record_receipt(self, key: JobKey, *, owner: str, receipt: Receipt) -> None:
-        k = str(key)
-
-        async def body(conn: Conn) -> None:
-            await _check_leased(conn, key, owner)
-            status = await conn.execute(
-                """UPDATE asset_worker.assets SET state = 'stored', uri = $1, size = $2, sha256 = $3,
-                       upstream_verified = $4, stored_at = $5, etag = $6, version_id = $7, origin = $8,
-                       error_code = NULL, error_message = NULL
-                   WHERE job_key = $9 AND asset_id = $10 AND state <> 'stored'""",
-                receipt.uri,
-                receipt.size,
-                receipt.sha256,
-                receipt.upstream_verified,
-                receipt.stored_at,
-                receipt.etag,
-                receipt.version_id,
-                receipt.origin,
-                k,
-                receipt.asset_id,
-            )
-            if _count(status):
-                await conn.execute(
-                    "UPDATE asset_worker.jobs SET updated_at = GREATEST(updated_at, $1) WHERE key = $2",
-                    receipt.stored_at,
-                    k,
-                )
-            else:
-                await _check_asset_exists(conn, key, receipt.asset_id)
-
-        await self._transaction(body)
+        await self._transaction(lambda conn: _record_receipt(conn, key, owner, receipt))
 
     async def find_stored(self, *, sha256: str, size: int) -> Receipt | None:
         row = await self._transaction(
@@ -818,6 +803,36 @@ async def _lease_lost(conn: Conn, key: JobKey, owner: str) -> LeaseLost:
     holder = row["lease_owner"]
     held = "no lease" if holder is None else f"leased to {holder!r}"
     return LeaseLost(f"job {key} is not leased to {owner!r} ({held})")
+
+
+async def _record_receipt(conn: Conn, key: JobKey, owner: str, receipt: Receipt) -> None:
+    """Mark an asset stored (idempotent: a stored one keeps its first receipt), under the lease."""
+    k = str(key)
+    await _check_leased(conn, key, owner)
+    status = await conn.execute(
+        """UPDATE asset_worker.assets SET state = 'stored', uri = $1, size = $2, sha256 = $3,
+               upstream_verified = $4, stored_at = $5, etag = $6, version_id = $7, origin = $8,
+               error_code = NULL, error_message = NULL
+           WHERE job_key = $9 AND asset_id = $10 AND state <> 'stored'""",
+        receipt.uri,
+        receipt.size,
+        receipt.sha256,
+        receipt.upstream_verified,
+        receipt.stored_at,
+        receipt.etag,
+        receipt.version_id,
+        receipt.origin,
+        k,
+        receipt.asset_id,
+    )
+    if _count(status):
+        await conn.execute(
+            "UPDATE asset_worker.jobs SET updated_at = GREATEST(updated_at, $1) WHERE key = $2",
+            receipt.stored_at,
+            k,
+        )
+    else:
+        await _check_asset_exists(conn, key, receipt.asset_id)
 
 
 async def _check_asset_exists(conn: Conn, key: JobKey, asset_id: str) -> None:

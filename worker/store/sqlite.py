@@ -336,17 +336,31 @@ class SqliteStore:
         await self._db.transaction(body)
 
     async def finish(
-        self, key: JobKey, *, owner: str, now: float, state: JobState, error: JobError | None = None
+        self,
+        key: JobKey,
+        *,
+        owner: str,
+        now: float,
+        state: JobState,
+        error: JobError | None = None,
+        receipts: Sequence[Receipt] = (),
     ) -> None:
         if not state.is_final:
             raise ValueError(f"finish() needs a final state, not {state.value!r}")
-        await self._update_leased(
-            key,
-            owner,
-            """UPDATE jobs SET state = ?, finished_at = ?, updated_at = ?, error_code = ?,
-                   error_message = ?, lease_owner = NULL, lease_expires_at = NULL""",
-            (state.value, now, now, *error_columns(error)),
-        )
+
+        def body(db: Conn) -> None:
+            for receipt in receipts:
+                _record_receipt(db, key, owner, receipt)
+            _update_leased(
+                db,
+                key,
+                owner,
+                """UPDATE jobs SET state = ?, finished_at = ?, updated_at = ?, error_code = ?,
+                       error_message = ?, lease_owner = NULL, lease_expires_at = NULL""",
+                (state.value, now, now, *error_columns(error)),
+            )
+
+        await self._db.transaction(body)
 
     async def retry_later(
         self, key: JobKey, *, owner: str, now: float, due_at: float, error: JobError | None = None
@@ -391,36 +405,7 @@ class SqliteStore:
         await self._db.transaction(body)
 
     async def record_receipt(self, key: JobKey, *, owner: str, receipt: Receipt) -> None:
-        k = str(key)
-
-        def body(db: Conn) -> None:
-            _check_leased(db, key, owner)
-            changed = db.execute(
-                """UPDATE assets SET state = 'stored', uri = ?, size = ?, sha256 = ?,
-                       upstream_verified = ?, stored_at = ?, etag = ?, version_id = ?, origin = ?,
-                       error_code = NULL, error_message = NULL
-                   WHERE job_key = ? AND asset_id = ? AND state != 'stored'""",
-                (
-                    receipt.uri,
-                    receipt.size,
-                    receipt.sha256,
-                    receipt.upstream_verified,
-                    receipt.stored_at,
-                    receipt.etag,
-                    receipt.version_id,
-                    receipt.origin,
-                    k,
-                    receipt.asset_id,
-                ),
-            ).rowcount
-            if changed:
-                db.execute(
-                    "UPDATE jobs SET updated_at = MAX(updated_at, ?) WHERE key = ?", (receipt.stored_at, k)
-                )
-            else:
-                _check_asset_exists(db, key, receipt.asset_id)
-
-        await self._db.transaction(body)
+        await self._db.transaction(lambda db: _record_receipt(db, key, owner, receipt))
 
     async def find_stored(self, *, sha256: str, size: int) -> Receipt | None:
         def body(db: Conn) -> Receipt | None:
@@ -627,6 +612,34 @@ def _lease_lost(db: Conn, key: JobKey, owner: str) -> LeaseLost:
     holder = row["lease_owner"]
     held = "no lease" if holder is None else f"leased to {holder!r}"
     return LeaseLost(f"job {key} is not leased to {owner!r} ({held})")
+
+
+def _record_receipt(db: Conn, key: JobKey, owner: str, receipt: Receipt) -> None:
+    """Mark an asset stored (idempotent: a stored one keeps its first receipt), under the lease."""
+    k = str(key)
+    _check_leased(db, key, owner)
+    changed = db.execute(
+        """UPDATE assets SET state = 'stored', uri = ?, size = ?, sha256 = ?,
+               upstream_verified = ?, stored_at = ?, etag = ?, version_id = ?, origin = ?,
+               error_code = NULL, error_message = NULL
+           WHERE job_key = ? AND asset_id = ? AND state != 'stored'""",
+        (
+            receipt.uri,
+            receipt.size,
+            receipt.sha256,
+            receipt.upstream_verified,
+            receipt.stored_at,
+            receipt.etag,
+            receipt.version_id,
+            receipt.origin,
+            k,
+            receipt.asset_id,
+        ),
+    ).rowcount
+    if changed:
+        db.execute("UPDATE jobs SET updated_at = MAX(updated_at, ?) WHERE key = ?", (receipt.stored_at, k))
+    else:
+        _check_asset_exists(db, key, receipt.asset_id)
 
 
 def _check_asset_exists(db: Conn, key: JobKey, asset_id: str) -> None:

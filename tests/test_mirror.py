@@ -298,3 +298,28 @@ async def test_a_layers_project_walked_again_with_nothing_new_costs_one_read(
     assert (full.kind, full.items, full.created, reads_after_full) == ("full", 450, 450, 3)
     assert (again.kind, again.created, reads) == ("incremental", 0, 1)
     assert counts["layers:prj_inc"].by_state[JobState.QUEUED] == 450
+
+
+async def test_a_walk_waits_while_the_poll_pool_is_full(
+    sim: Simulator, make_settings: SettingsFactory
+) -> None:
+    """One poll slot, taken by a submitted job whose vendor answers after a second: the walk reads
+    its first page, then waits for the poll before reading on (polls spend the read budget first)."""
+    sim.add_cloudlayer_assets(200, size=64)
+    sim.add_cloudlayer_job(id="slow", pending_s=0, size=64)
+    sim.add_fault(route="cloudlayer.job", kind="stall", delay_s=1.0, count=1)
+    settings = mirroring(make_settings(poll_concurrency=1))
+    async with open_worker(settings) as worker:
+        await worker.store.submit(JobKey("cloudlayer", "slow"), now=worker.clock.now())
+        stop = asyncio.Event()
+        running = asyncio.create_task(worker.runner.run(stop=stop))
+        try:
+            await eventually(lambda: len(sim.requests("cloudlayer.job")) == 1)
+            (walk,) = await worker.mirror.walk_all(SOURCE)
+        finally:
+            stop.set()
+            await running
+    (poll,) = sim.requests("cloudlayer.job")[:1]
+    first, *rest = sim.requests("cloudlayer.assets")
+    assert walk.pages == 3 and len(rest) == 2
+    assert poll.ended_t is not None and first.t < poll.ended_t <= rest[0].t

@@ -9,6 +9,7 @@ damaged cases write the files by hand.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -33,7 +34,8 @@ from worker.sinks.file import FileSink
 from worker.sinks.file_resume import boot_id
 from worker.transfer import StoredCopy, TransferOptions, fetch_to_sink
 
-OPTIONS = TransferOptions(chunk_bytes=64 * 1024, max_resumes=3, egress=SIMULATOR_ONLY)
+# Files of any size are kept here (the worker's default keeps only those of 8 MiB and more).
+OPTIONS = TransferOptions(chunk_bytes=64 * 1024, max_resumes=3, egress=SIMULATOR_ONLY, resume_min_bytes=0)
 KEY = "p/j/a1.bin"
 BODY = content_bytes(31, 3_000_000)
 KEPT = 1_000_000
@@ -155,6 +157,7 @@ async def fetch(
     root: Path,
     seen: Seen | None = None,
     on_progress: Callable[[int], None] | None = None,
+    options: TransferOptions = OPTIONS,
     **ref_fields: Any,
 ) -> StoredCopy:
     seen = seen if seen is not None else Seen()
@@ -169,7 +172,7 @@ async def fetch(
         AssetRef(asset_id="a1", url=url, **ref_fields),
         FileSink(root),
         key_for=lambda _ct: KEY,
-        options=OPTIONS,
+        options=options,
         on_progress=progress,
         on_start=lambda total, offset: seen.starts.append((total, offset)),
     )
@@ -403,6 +406,28 @@ async def test_without_a_validator_or_ranges_a_cancelled_transfer_keeps_nothing(
         await asyncio.wait_for(arrived.wait(), 10)
         assert [p.name for p in leftovers(tmp_path)] != []
         assert not part_of(tmp_path).exists()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert leftovers(tmp_path) == []
+
+
+async def test_a_file_below_the_resume_size_is_not_kept(
+    session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """Smaller than ``resume_min_bytes``, a file is cheaper to fetch again than to keep: no part,
+    no record, and a cancelled transfer leaves nothing."""
+    small = dataclasses.replace(OPTIONS, resume_min_bytes=len(BODY) + 1)
+    async with file_host(Version()) as host:
+        host.pause_at = KEPT
+        arrived = asyncio.Event()
+        task = asyncio.create_task(
+            fetch(session, host.url, tmp_path, on_progress=lambda _n: arrived.set(), options=small)
+        )
+        await asyncio.wait_for(arrived.wait(), 10)
+        assert (
+            leftovers(tmp_path) != [] and not part_of(tmp_path).exists() and not record_of(tmp_path).exists()
+        )
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task

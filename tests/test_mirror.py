@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import json
 import signal
+import sqlite3
 from collections import Counter
 from pathlib import Path
 
@@ -323,3 +324,21 @@ async def test_a_walk_waits_while_the_poll_pool_is_full(
     first, *rest = sim.requests("cloudlayer.assets")
     assert walk.pages == 3 and len(rest) == 2
     assert poll.ended_t is not None and first.t < poll.ended_t <= rest[0].t
+
+
+async def test_a_store_that_cannot_hand_out_the_walk_waits_for_the_next_round(
+    sim: Simulator, make_settings: SettingsFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process holds the SQLite file's write lock past the busy timeout: the walk of this
+    round is recorded as failed (store_unavailable), nothing crashes, and the next round walks."""
+    monkeypatch.setattr("worker.store.sqlite_conn.BUSY_TIMEOUT_S", 0.2)
+    sim.add_cloudlayer_assets(10, size=64)
+    settings = mirroring(make_settings(store_url=f"sqlite:///{tmp_path}/locked.db"))
+    async with open_worker(settings) as worker:
+        with sqlite3.connect(tmp_path / "locked.db", isolation_level=None) as other:
+            other.execute("BEGIN IMMEDIATE")
+            assert await worker.mirror.walk_all(SOURCE) == []
+            assert worker.mirror.failures["cloudlayer"].code == "store_unavailable"
+            other.execute("ROLLBACK")
+        (walk,) = await worker.mirror.walk_all(SOURCE)
+    assert walk.completed and walk.created == 10 and worker.mirror.failures == {}

@@ -23,7 +23,7 @@ import structlog
 from worker.aio import shielded
 from worker.clock import Clock
 from worker.config import MirrorSettings
-from worker.errors import LeaseLost, WorkerError
+from worker.errors import LeaseLost, WorkerError, describe
 from worker.mirror_plan import INCREMENTAL, MirrorSource, due_at, may_stop, walk_kind
 from worker.models import JobError
 from worker.providers.base import Lister
@@ -76,15 +76,26 @@ class Mirror:
         source that fails is recorded and the others carry on."""
         outcomes = []
         for source in sources:
-            outcome = await self.walk(source)
+            try:
+                outcome = await self.walk(source)
+            except WorkerError as exc:
+                # The store could not even hand out the walk's lease (down, or locked): this
+                # source waits for the next round; the others carry on.
+                self.failures[source.name] = JobError(exc.code, exc.message)
+                log.warning("mirror_walk_failed", source=source.name, error=exc.code, message=exc.message)
+                continue
             if outcome is not None:
                 outcomes.append(outcome)
         return outcomes
 
     async def run(self, sources: Sequence[MirrorSource], *, stop: asyncio.Event) -> None:
-        """Walk every source now and then every ``interval_s`` until ``stop``."""
+        """Walk every source now and then every ``interval_s`` until ``stop``. A walk that breaks
+        (a bug) is logged and tried again next round: it must not take the worker down with it."""
         while not stop.is_set():
-            await self.walk_all(sources)
+            try:
+                await self.walk_all(sources)
+            except Exception as exc:
+                log.exception("mirror_crashed", error=describe(exc))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=self._settings.interval_s)
 

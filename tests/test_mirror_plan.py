@@ -80,7 +80,9 @@ def test_an_incremental_walk_stops_only_at_a_page_all_known_and_not_newer_than_k
     assert may_stop(page, [False, False], newest_known=90.0)
     assert not may_stop(page, [False, True], newest_known=90.0)  # something new: go on
     assert not may_stop(page, [False, False], newest_known=85.0)  # newer than known: go on
-    assert not may_stop([_listed(None)], [False], newest_known=85.0)  # no date: cannot tell
+    # Undated items (the vendor may leave the date out): a page of them all known is the sign.
+    assert may_stop([_listed(None), _listed(None)], [False, False], newest_known=None)
+    assert not may_stop([_listed(None)], [True], newest_known=None)
     assert not may_stop(page, [False, False], newest_known=None)  # nothing known yet
     assert not may_stop([], [], newest_known=90.0)
 

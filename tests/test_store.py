@@ -1008,11 +1008,13 @@ async def test_a_walk_is_held_by_one_walker_and_resumed_where_it_stopped(store: 
     # a crashes; its lease runs out; b resumes from the page a saved.
     resumed = await store.claim_walk("cloudlayer", owner="b", now=43.0, lease_s=30)
     assert resumed is not None
+    # The walk's newest item is its own until it completes: the mark an incremental walk stops at
+    # is still the one it started from.
     assert (resumed.kind, resumed.position, resumed.pages, resumed.newest_created_at) == (
         "full",
         "160",
         2,
-        99.0,
+        None,
     )
     assert resumed.started_at == 12.0
     # a, back from the dead, can no longer end it.
@@ -1022,11 +1024,12 @@ async def test_a_walk_is_held_by_one_walker_and_resumed_where_it_stopped(store: 
     (record,) = await store.walks()
     assert record.lease_owner == "b" and record.position == "160"
     await store.end_walk(
-        "cloudlayer", owner="b", now=45.0, kind="full", completed=True, newest_created_at=120.0
+        "cloudlayer", owner="b", now=45.0, kind="full", completed=True, newest_created_at=80.0
     )
     (record,) = await store.walks()
     assert (record.kind, record.position, record.lease_owner) == (None, None, None)
-    assert (record.last_full_walk_at, record.last_walk_at, record.newest_created_at) == (45.0, 45.0, 120.0)
+    # Complete now: the newest item of the whole walk (a's part included) becomes the mark.
+    assert (record.last_full_walk_at, record.last_walk_at, record.newest_created_at) == (45.0, 45.0, 99.0)
 
 
 async def test_a_walk_that_failed_keeps_its_place_and_its_error(store: Store) -> None:

@@ -84,6 +84,12 @@ class Mirror:
                 self.failures[source.name] = JobError(exc.code, exc.message)
                 log.warning("mirror_walk_failed", source=source.name, error=exc.code, message=exc.message)
                 continue
+            except Exception as exc:
+                # A bug, or an answer no check foresaw: this source's walk is lost for this round
+                # (its place is saved), the others are walked.
+                self.failures[source.name] = JobError("internal_error", describe(exc))
+                log.exception("mirror_walk_crashed", source=source.name, error=describe(exc))
+                continue
             if outcome is not None:
                 outcomes.append(outcome)
         return outcomes

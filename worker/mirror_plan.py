@@ -69,10 +69,15 @@ def walk_kind(record: WalkRecord, *, now: float, full_interval_s: float) -> str:
 
 def may_stop(items: Sequence[Listed], created: Sequence[bool], newest_known: float | None) -> bool:
     """An incremental walk stops after a page whose items were all known already and no newer than
-    the newest item an earlier walk saw: past it lies only what earlier walks covered."""
-    if newest_known is None or not items or any(created):
+    the newest item an earlier walk saw: past it lies only what earlier walks covered. Items
+    without a date (the vendor may leave it out) cannot be compared: a page of them all known is
+    the sign, as the list is newest first and anything new would stand before them."""
+    if not items or any(created):
         return False
-    return all(item.created_at is not None and item.created_at <= newest_known for item in items)
+    dated = [item.created_at for item in items if item.created_at is not None]
+    if not dated:
+        return True
+    return newest_known is not None and all(when <= newest_known for when in dated)
 
 
 def due_at(created_at: float | None, *, now: float, retention_s: float | None) -> float:

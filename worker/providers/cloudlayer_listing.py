@@ -67,9 +67,24 @@ def ext_of_type(kind: object) -> str | None:
     return _EXT_BY_TYPE.get(str(kind or "").rsplit("-", 1)[-1])
 
 
+# The times a stored one may hold: from 1970 to the end of year 9999 (what ``datetime`` can show).
+_LATEST_S = 253402300799.0
+
+
 def parse_timestamp(value: object) -> float | None:
     """A cloudlayer ``timestamp`` as UNIX seconds: unix milliseconds, ``{"_seconds", "_nanoseconds"}``
-    (Firestore) or ISO 8601; None when absent or unreadable (never crash on an optional field)."""
+    (Firestore) or ISO 8601; None when absent, unreadable or out of any sane range (never crash on
+    an optional field: a vendor's nonsense must not stop a walk, nor ``mirror --status`` later)."""
+    try:
+        seconds = _seconds(value)
+    except (OverflowError, ValueError):
+        return None
+    if seconds is None or not 0.0 <= seconds <= _LATEST_S:
+        return None
+    return seconds
+
+
+def _seconds(value: object) -> float | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float):
@@ -77,13 +92,10 @@ def parse_timestamp(value: object) -> float | None:
     if isinstance(value, dict):
         seconds, nanos = value.get("_seconds"), value.get("_nanoseconds", 0)
         if isinstance(seconds, int | float) and not isinstance(seconds, bool):
-            return seconds + (nanos / 1e9 if isinstance(nanos, int | float) else 0.0)
+            return float(seconds) + (nanos / 1e9 if isinstance(nanos, int | float) else 0.0)
         return None
     if isinstance(value, str):
-        try:
-            when = datetime.fromisoformat(value.strip())
-        except ValueError:
-            return None
+        when = datetime.fromisoformat(value.strip())
         return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
     return None
 

@@ -29,8 +29,10 @@ async def submit_discovered(conn: Conn, items: Sequence[Discovered], source: str
     created: list[bool] = []
     for item in items:
         key = str(item.key)
+        # A failed or canceled job copied nothing: it does not stand in for the item.
         if item.aliases and await conn.fetchval(
-            "SELECT 1 FROM asset_worker.jobs WHERE key = ANY($1::text[]) LIMIT 1",
+            """SELECT 1 FROM asset_worker.jobs WHERE key = ANY($1::text[])
+                   AND state NOT IN ('failed', 'canceled') LIMIT 1""",
             [str(k) for k in item.aliases],
         ):
             created.append(False)
@@ -90,7 +92,7 @@ async def save_walk(
     saved = await conn.fetchval(
         """UPDATE asset_worker.mirror_sources SET lease_expires_at = $3, updated_at = $4, walk_kind = $5,
                walk_position = $6, walk_started_at = COALESCE(walk_started_at, $4), walk_pages = $7,
-               newest_created_at = GREATEST(newest_created_at, $8)
+               walk_newest_created_at = GREATEST(walk_newest_created_at, $8)
            WHERE source = $1 AND lease_owner = $2
            RETURNING source""",
         source,
@@ -122,7 +124,8 @@ async def end_walk(
                    updated_at = $3, walk_kind = NULL, walk_position = NULL, walk_started_at = NULL,
                    walk_pages = 0, last_walk_at = $3,
                    last_full_walk_at = CASE WHEN $4 = 'full' THEN $3 ELSE last_full_walk_at END,
-                   newest_created_at = GREATEST(newest_created_at, $5),
+                   newest_created_at = GREATEST(newest_created_at, walk_newest_created_at, $5),
+                   walk_newest_created_at = NULL,
                    error_code = $6, error_message = $7
                WHERE source = $1 AND lease_owner = $2""",
             source,

@@ -114,4 +114,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             updated_at        double precision NOT NULL
         )""",
     ),
+    # 6: the newest item the walk under way has seen, kept apart until the walk completes (an
+    # interrupted incremental walk resumes with the mark it started from).
+    ("ALTER TABLE asset_worker.mirror_sources ADD COLUMN walk_newest_created_at double precision",),
 )

@@ -57,7 +57,9 @@ def submit_discovered(
 
 def _any_exists(db: sqlite3.Connection, keys: Sequence[JobKey]) -> bool:
     found = db.execute(
-        "SELECT 1 FROM jobs WHERE key IN (SELECT value FROM json_each(?)) LIMIT 1",
+        # A failed or canceled job copied nothing: it does not stand in for the item.
+        """SELECT 1 FROM jobs WHERE key IN (SELECT value FROM json_each(?))
+               AND state NOT IN ('failed', 'canceled') LIMIT 1""",
         (json.dumps([str(k) for k in keys]),),
     ).fetchone()
     return found is not None
@@ -96,7 +98,8 @@ def save_walk(
         db.execute(
             """UPDATE mirror_sources SET lease_expires_at = ?, updated_at = ?, walk_kind = ?,
                    walk_position = ?, walk_started_at = COALESCE(walk_started_at, ?), walk_pages = ?,
-                   newest_created_at = MAX(COALESCE(newest_created_at, ?), COALESCE(?, newest_created_at))
+                   walk_newest_created_at = MAX(COALESCE(walk_newest_created_at, ?),
+                                                COALESCE(?, walk_newest_created_at))
                WHERE source = ? AND lease_owner = ?""",
             (
                 now + lease_s,
@@ -127,15 +130,23 @@ def end_walk(
 ) -> None:
     code, message = error_columns(error)
     if completed:
+        row = db.execute(
+            """SELECT newest_created_at, walk_newest_created_at FROM mirror_sources
+               WHERE source = ? AND lease_owner = ?""",
+            (source, owner),
+        ).fetchone()
+        if row is None:
+            return  # no longer this owner's walk
+        # The walk's newest item becomes the mark of the next incremental walk only now it is whole.
+        seen = [v for v in (row[0], row[1], newest_created_at) if v is not None]
         db.execute(
             """UPDATE mirror_sources SET lease_owner = NULL, lease_expires_at = NULL, updated_at = ?,
                    walk_kind = NULL, walk_position = NULL, walk_started_at = NULL, walk_pages = 0,
-                   last_walk_at = ?,
+                   walk_newest_created_at = NULL, last_walk_at = ?,
                    last_full_walk_at = CASE WHEN ? = 'full' THEN ? ELSE last_full_walk_at END,
-                   newest_created_at = MAX(COALESCE(newest_created_at, ?), COALESCE(?, newest_created_at)),
-                   error_code = ?, error_message = ?
+                   newest_created_at = ?, error_code = ?, error_message = ?
                WHERE source = ? AND lease_owner = ?""",
-            (now, now, kind, now, newest_created_at, newest_created_at, code, message, source, owner),
+            (now, now, kind, now, max(seen) if seen else None, code, message, source, owner),
         )
     else:
         db.execute(

@@ -102,4 +102,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             updated_at        REAL NOT NULL
         )""",
     ),
+    (
+        # The newest item the walk under way has seen, kept apart until the walk completes: an
+        # interrupted incremental walk must resume with the mark it started from, or it would stop
+        # at the first page it had already read and miss what lay below it.
+        "ALTER TABLE mirror_sources ADD COLUMN walk_newest_created_at REAL",
+    ),
 )

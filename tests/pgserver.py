@@ -34,6 +34,8 @@ from urllib.parse import urlsplit
 
 import asyncpg
 
+from tests.debian import apt_install
+
 _START_TIMEOUT_S = 30.0
 _STOP_TIMEOUT_S = 15.0
 _SERVER_USER = "postgres"  # initdb and postgres refuse to run as root
@@ -206,8 +208,7 @@ def private_cluster(bin_dir: Path | None = None) -> Iterator[PgServer]:
 def server_binaries() -> Path | None:
     """The directory holding ``initdb`` and ``postgres``, installing Debian's server if needed."""
     found = _find_binaries()
-    if found is None and os.geteuid() == 0 and shutil.which("apt-get"):
-        _apt_install_postgresql()
+    if found is None and apt_install("postgresql"):
         found = _find_binaries()
     return found
 
@@ -231,14 +232,6 @@ def _find_binaries() -> Path | None:
         if (candidate / "initdb").is_file() and (candidate / "postgres").is_file():
             return candidate
     return None
-
-
-def _apt_install_postgresql() -> None:
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "postgresql"]
-    if subprocess.run(install, env=env, capture_output=True, check=False).returncode != 0:
-        subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, check=True)
-        subprocess.run(install, env=env, capture_output=True, check=True)
 
 
 def _run_as() -> str | None:

@@ -4,7 +4,6 @@ incremental walks, two replicas, a walker killed mid-walk, bad sources, retentio
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import signal
 import sqlite3
@@ -16,21 +15,10 @@ import pytest
 from tests.cli_support import cli, cli_environment, start
 from tests.conftest import SettingsFactory, run_jobs
 from tests.http_support import eventually
+from tests.mirror_support import SOURCE, asset_key, mirroring
 from worker.app import Worker, open_worker
-from worker.config import MirrorSettings, Settings
-from worker.mirror_plan import parse_sources
 from worker.models import JobKey, JobState
 from worker.simulator.app import Simulator
-
-SOURCE = parse_sources("cloudlayer")
-
-
-def mirroring(
-    settings: Settings, text: str = "cloudlayer", *, retention_days: float | None = None
-) -> Settings:
-    return dataclasses.replace(
-        settings, mirror=MirrorSettings(sources=parse_sources(text), retention_days=retention_days)
-    )
 
 
 def list_reads(sim: Simulator) -> int:
@@ -40,10 +28,6 @@ def list_reads(sim: Simulator) -> int:
 async def copy_all(worker: Worker) -> None:
     await worker.mirror.walk_all(worker.settings.mirror.sources)
     await asyncio.wait_for(worker.runner.run(stop=asyncio.Event(), until_idle=True), 120)
-
-
-def asset_key(asset_id: str) -> JobKey:
-    return JobKey("cloudlayer", f"asset/{asset_id}")
 
 
 async def test_a_full_walk_under_churn_copies_every_asset_once(

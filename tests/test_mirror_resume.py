@@ -4,25 +4,13 @@ walks, vendor nonsense in a listing, an alias job that copied nothing, undated a
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 
 from tests.conftest import SettingsFactory
+from tests.mirror_support import SOURCE, asset_key, mirroring
 from worker.app import Worker, open_worker
-from worker.config import MirrorSettings, Settings
-from worker.mirror_plan import parse_sources
 from worker.mirror_view import source_to_json
 from worker.models import JobKey, JobState
 from worker.simulator.app import Simulator
-
-SOURCE = parse_sources("cloudlayer")
-
-
-def mirroring(settings: Settings, text: str = "cloudlayer") -> Settings:
-    return dataclasses.replace(settings, mirror=MirrorSettings(sources=parse_sources(text)))
-
-
-def asset_key(asset_id: str) -> str:
-    return str(JobKey("cloudlayer", f"asset/{asset_id}"))
 
 
 async def job_keys(worker: Worker) -> set[str]:
@@ -50,7 +38,7 @@ async def test_a_resumed_incremental_walk_does_not_stop_before_the_new_items(
         assert resumed.completed and resumed.kind == "incremental"
         await worker.mirror.walk_all(SOURCE)  # and the next rounds do not find them either
         keys = await job_keys(worker)
-    missing = [a.asset_id for a in new if asset_key(a.asset_id) not in keys]
+    missing = [a.asset_id for a in new if str(asset_key(a.asset_id)) not in keys]
     assert missing == [], f"{len(missing)} of 150 new assets never became jobs"
 
 

@@ -34,7 +34,7 @@ from worker.destinations import parse_dest
 from worker.enqueue import SUBMIT_BATCH
 from worker.errors import ConfigError, InvalidJob, StoreUnusable, WorkerError
 from worker.http.binding import http_binding
-from worker.mirror_plan import parse_sources
+from worker.mirror_plan import parse_sources, source_examples
 from worker.models import Job, JobKey, JobState
 from worker.providers import PROVIDERS, parse_key
 from worker.redaction import redact_url, register_secrets
@@ -137,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     retry.add_argument("keys", nargs="*", metavar="KEY")
     retry.add_argument("--failed", action="store_true", help="every failed job")
 
-    sources = ", ".join(spec.mirror_example for spec in PROVIDERS.values() if spec.mirror_scope is not None)
+    sources = source_examples()
     mirror = add("mirror", help=f"copy all an account holds ({sources}) before the vendor deletes it")
     mirror.add_argument("sources", nargs="*", metavar="SOURCE", help=sources)
     mirror.add_argument("--once", action="store_true", help="walk each source once, copy what is new, exit")
@@ -571,8 +571,7 @@ async def _mirror(settings: Settings, args: argparse.Namespace) -> int:
         raise ConfigError("mirror: --json goes with --status")
     sources = parse_sources(",".join(args.sources)) if args.sources else settings.mirror.sources
     if not sources:
-        examples = ", ".join(s.mirror_example for s in PROVIDERS.values() if s.mirror_scope is not None)
-        raise ConfigError(f"mirror: name a SOURCE ({examples}) or set ASSET_WORKER_MIRROR")
+        raise ConfigError(f"mirror: name a SOURCE ({source_examples()}) or set ASSET_WORKER_MIRROR")
     mirrored = dataclasses.replace(settings, mirror=dataclasses.replace(settings.mirror, sources=sources))
     if not args.once:
         return await _run(mirrored, until_idle=False, http=True)

@@ -15,14 +15,18 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+import structlog
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from worker.errors import WorkerError, describe
 from worker.models import TransferProgress
 from worker.statusview import human_bytes, human_duration, human_rate
+
+log = structlog.get_logger("worker.live")
 
 # Redraws per second: often enough to look alive, rarely enough to cost nothing.
 REFRESH_PER_S = 4.0
@@ -100,6 +104,7 @@ async def show_live(
     board stays on screen. A fetch that fails (a store busy for a moment) keeps the last board."""
     console = console or Console()
     board = Board()
+    failed = False
     with Live(
         render(board, width=console.width),
         console=console,
@@ -109,8 +114,15 @@ async def show_live(
         redirect_stderr=True,
     ) as live:
         while True:
-            with contextlib.suppress(Exception):
+            try:
                 board = await fetch()
+            except WorkerError:
+                pass  # the store busy for a moment: the last board stays
+            except Exception as exc:
+                # A display must not stop the work it shows; say so once, and keep the last board.
+                if not failed:
+                    log.exception("live_display_failed", error=describe(exc))
+                failed = True
             live.update(render(board, width=console.width), refresh=True)
             if stop.is_set():
                 return

@@ -32,6 +32,11 @@ class MirrorSource:
     scope: str
 
 
+def source_examples() -> str:
+    """The sources this build can mirror, as a user writes them (``cloudlayer, layers:PROJECT_ID``)."""
+    return ", ".join(spec.mirror_example for spec in PROVIDERS.values() if spec.mirror_scope is not None)
+
+
 def parse_source(text: str) -> MirrorSource:
     """``cloudlayer`` or ``layers:prj_...``; ``ConfigError`` (one line) for anything else."""
     provider, _, scope = text.strip().partition(":")
@@ -39,8 +44,9 @@ def parse_source(text: str) -> MirrorSource:
     scope = scope.strip()
     spec = PROVIDERS.get(provider)
     if spec is None:
-        known = ", ".join(name for name, s in PROVIDERS.items() if s.mirror_scope is not None)
-        raise ConfigError(f"mirror source {text.strip()!r}: no provider {provider!r} (sources: {known})")
+        raise ConfigError(
+            f"mirror source {text.strip()!r}: no provider {provider!r} (sources: {source_examples()})"
+        )
     if spec.mirror_scope is None:
         raise ConfigError(f"mirror source {text.strip()!r}: {provider} cannot list an account")
     spec.mirror_scope(scope)

@@ -20,7 +20,7 @@ import contextlib
 import enum
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from worker.errors import ConfigError
 from worker.models import Job, JobKey, JobState
@@ -28,9 +28,6 @@ from worker.sinks import sink_for
 from worker.sinks.base import AnySinkSpec
 from worker.sinks.readback import Absent, Found, Observation, Reader, Unreadable
 from worker.store import Cursor, Store
-
-if TYPE_CHECKING:
-    pass
 
 # Files read at once: a disk or an S3 endpoint serves a few streams well; more only adds seeks.
 FILES_AT_ONCE = 4

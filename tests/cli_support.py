@@ -4,6 +4,7 @@ simulator, its status JSON, its files."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -97,9 +98,12 @@ async def wait_for_part_file(root: Path, min_bytes: int, timeout_s: float = 20) 
     """Wait until a transfer is visibly under way: a temp file with at least ``min_bytes``."""
     async with asyncio.timeout(timeout_s):
         while True:
-            parts = [p for p in files_under(root) if p.name.endswith(".part")]
-            if parts and parts[0].stat().st_size >= min_bytes:
-                return parts[0]
+            for part in (p for p in files_under(root) if p.name.endswith(".part")):
+                # A part can be gone between the listing and the stat: a transfer that restarts
+                # removes its temp file and opens another.
+                with contextlib.suppress(FileNotFoundError):
+                    if part.stat().st_size >= min_bytes:
+                        return part
             await asyncio.sleep(0.005)
 
 

@@ -3,9 +3,16 @@ shell with ``apt-get``. Elsewhere a missing program is reported, never silently 
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
+import tempfile
+from pathlib import Path
+
+# Test processes run in parallel (pytest-xdist), and apt-get refuses to run while another holds
+# dpkg's lock: installs from this module take turns on a lock file of their own.
+_INSTALL_LOCK = Path(tempfile.gettempdir()) / "asset-worker-tests-apt.lock"
 
 
 def apt_install(package: str) -> bool:
@@ -15,10 +22,12 @@ def apt_install(package: str) -> bool:
         return False
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", package]
-    if subprocess.run(install, env=env, capture_output=True, check=False).returncode == 0:
-        return True
-    subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, check=True)
-    return subprocess.run(install, env=env, capture_output=True, check=False).returncode == 0
+    with _INSTALL_LOCK.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if subprocess.run(install, env=env, capture_output=True, check=False).returncode == 0:
+            return True
+        subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, check=True)
+        return subprocess.run(install, env=env, capture_output=True, check=False).returncode == 0
 
 
 def program(name: str, package: str) -> str | None:

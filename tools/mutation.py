@@ -239,8 +239,9 @@ def _prepare_workdir(chosen: Sequence[Module]) -> None:
         f"only_mutate = {json.dumps(files)}",
         f"pytest_add_cli_args_test_selection = {json.dumps(tests)}",
         # No cache between mutants (each starts from the same state); a planted endless loop
-        # ends with a failed test instead of the run's CPU limit.
-        'pytest_add_cli_args = ["-p", "no:cacheprovider", "--timeout=60"]',
+        # ends with a failed test instead of the run's CPU limit; no pytest-xdist workers (mutmut
+        # runs and forks pytest in its own process, where it records which test reached which code).
+        'pytest_add_cli_args = ["-p", "no:cacheprovider", "--timeout=60", "-n", "0"]',
         f"do_not_mutate_patterns = {json.dumps([_LOG_CALL])}",
         # A mutant that mypy --strict rejects could never be merged: CI type-checks every change.
         # (mutmut recognises mypy's report by the command's bare name; PATH leads to the venv's.)

@@ -111,7 +111,9 @@ async def test_a_database_restart_mid_run_loses_nothing(
         ]
         jobs += [sim.add_cloudlayer_job(id=f"o-big-{i}", pending_s=0.3, size=24 * MiB + i) for i in range(3)]
         url = server.url()
-        env = dict(fleet_env, ASSET_WORKER_STORE=url)
+        # Leases outlast the outage and the restart: no replica may take over a job whose holder is
+        # still working on it (that takeover, after a lease ran out, is the SIGKILL test's case).
+        env = dict(fleet_env, ASSET_WORKER_STORE=url, ASSET_WORKER_LEASE_S="8")
         await worker.submit_async([f"cloudlayer:{job.id}" for job in jobs], store=url)
         async with fleet_of(env, tmp_path, 2) as fleet:
             await _until_some_done(url, 5, fleet)

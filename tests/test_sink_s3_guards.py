@@ -484,6 +484,138 @@ async def assert_nothing_left_but_the_object(sink: S3Sink) -> None:
     assert sink.live_uploads == set() and sink.live_staged == set()
 
 
+# -- a single PUT asks no HEAD first where If-None-Match is enforced -------------------------------
+
+
+def probes(proxy: Proxy) -> list[tuple[str, int, str | None]]:
+    """The probe's requests (under the staging prefix): operation, body size, If-None-Match."""
+    return [(s.operation, s.size, s.headers.get("if-none-match")) for s in proxy.seen if staged(s)]
+
+
+async def test_a_store_enforcing_if_none_match_is_probed_once_and_then_asked_no_head(
+    make_sink: SinkFactory,
+) -> None:
+    """Probed once per bucket (an empty staging object written twice, the second write refused,
+    then deleted), a store that enforces If-None-Match gets each single PUT without a HEAD first;
+    nothing of the probe is left."""
+    files = {f"{n}.bin": data_of(2000 + n, seed=40 + n) for n in range(3)}
+    async with s3_proxy_for(make_sink) as (proxy, s3):
+        for key, data in files.items():
+            await upload_bytes(s3, data, key=key, label=False)
+        for key, data in files.items():
+            assert await stored(s3, key) == (data, {"sha256": sha(data)})
+        assert await everything_under(s3) == (sorted(s3.object_key(key) for key in files), [])
+    assert probes(proxy) == [("PutObject", 0, "*"), ("PutObject", 0, "*"), ("DeleteObject", 0, None)]
+    assert len({s.key for s in proxy.seen if staged(s)}) == 1
+    assert proxy.ops("HeadObject") == []
+    puts = [s for s in proxy.ops("PutObject") if not staged(s)]
+    assert [(s.key, s.headers["if-none-match"]) for s in puts] == [(s3.object_key(k), "*") for k in files]
+
+
+async def test_an_object_under_the_key_is_refused_by_the_put_itself_when_no_head_asked(
+    make_sink: SinkFactory,
+) -> None:
+    """No HEAD first: an object already under the key is found by the refused write (412), then
+    looked at; different bytes are refused (object_exists) and kept, the same bytes count as
+    present."""
+    theirs, same = data_of(3000, seed=50), data_of(3100, seed=51)
+    async with s3_proxy_for(make_sink) as (proxy, s3):
+        await raw_put(s3, theirs)
+        await raw_put(s3, same, key="same.bin", sha256=sha(same))
+        with pytest.raises(StorageRejected) as caught:
+            await upload_bytes(s3, data_of(3000, seed=52), label=False)
+        assert (caught.value.code, caught.value.key) == ("object_exists", KEY)
+        assert "overwrite is off" in str(caught.value)
+        present = await upload_bytes(s3, same, key="same.bin", label=False)
+        ours = [s.operation for s in proxy.seen if not staged(s)][2:]  # after the two raw puts
+        assert present.already_present
+        assert await stored(s3) == (theirs, {})
+    assert ours == ["PutObject", "HeadObject", "PutObject", "HeadObject"]  # each write refused, then a HEAD
+
+
+async def test_a_store_ignoring_if_none_match_is_asked_with_a_head_before_each_put(
+    make_sink: SinkFactory,
+) -> None:
+    """A store that takes a second conditional write over an object (it ignores If-None-Match) is
+    found out by the probe, which says so; every single PUT is then preceded by a HEAD, so an
+    object already under the key is refused, never overwritten."""
+
+    async def ignore_if_none_match(seen: Seen) -> web.StreamResponse | None:
+        if seen.operation == "PutObject" and staged(seen):
+            return web.Response(status=200, headers={"ETag": '"d41d8cd98f00b204e9800998ecf8427e"'})
+        return None
+
+    theirs = data_of(3000, seed=45)
+    async with s3_proxy_for(make_sink, ignore_if_none_match) as (proxy, s3):
+        await raw_put(s3, theirs)
+        proxy.seen.clear()
+        with capture_logs() as events:
+            with pytest.raises(StorageRejected) as caught:
+                await upload_bytes(s3, data_of(3000, seed=46), label=False)
+            await upload_bytes(s3, data_of(100, seed=47), key="free.bin", label=False)
+        ours = [s.operation for s in proxy.seen if not staged(s)]
+        assert caught.value.code == "object_exists"
+        assert await stored(s3) == (theirs, {})
+    assert [e["event"] for e in events if "conditional" in e["event"]] == ["s3_conditional_writes_ignored"]
+    assert ours == ["HeadObject", "HeadObject", "PutObject"]
+
+
+async def test_if_none_match_refused_beside_a_checksum_falls_back_to_a_head(make_sink: SinkFactory) -> None:
+    """A store that took If-None-Match alone (the probe) but refuses it beside a required checksum:
+    the write goes again the way a store without If-None-Match gets it, after a HEAD, and every
+    later write asks with a HEAD first."""
+
+    async def refuse_both(seen: Seen) -> web.StreamResponse | None:
+        headers = seen.headers
+        if seen.operation == "PutObject" and {"if-none-match", "x-amz-checksum-sha256"} <= headers.keys():
+            return s3_error(501, "NotImplemented")
+        return None
+
+    first, second = data_of(2500, seed=48), data_of(2600, seed=49)
+    async with s3_proxy_for(make_sink, refuse_both, checksum_mode="require") as (proxy, s3):
+        await upload_bytes(s3, first, key="a.bin", label=False)
+        await upload_bytes(s3, second, key="b.bin", label=False)
+        assert await stored(s3, "a.bin") == (first, {"sha256": sha(first)})
+        assert await stored(s3, "b.bin") == (second, {"sha256": sha(second)})
+        assert s3.bucket.checksums and not s3.bucket.conditional_writes
+    ops = [(s.operation, s.key.rsplit("/", 1)[-1], "if-none-match" in s.headers) for s in proxy.seen]
+    assert [op for op, s in zip(ops, proxy.seen, strict=True) if not staged(s)][:6] == [
+        ("PutObject", "a.bin", True),  # refused: the checksum and If-None-Match together
+        ("HeadObject", "a.bin", False),
+        ("PutObject", "a.bin", True),  # refused again, as any store without If-None-Match
+        ("PutObject", "a.bin", False),
+        ("HeadObject", "b.bin", False),
+        ("PutObject", "b.bin", False),
+    ]
+
+
+async def test_a_probe_that_cannot_reach_the_store_is_tried_again_at_the_next_commit(
+    make_sink: SinkFactory,
+) -> None:
+    """The probe answered 503 (every retry): that commit asks with a HEAD, and the next one probes
+    again rather than taking the failure for an answer."""
+    unavailable = RETRY_ATTEMPTS
+
+    async def busy(seen: Seen) -> web.StreamResponse | None:
+        nonlocal unavailable
+        if seen.operation == "PutObject" and staged(seen) and unavailable:
+            unavailable -= 1
+            return s3_error(503, "SlowDown")
+        return None
+
+    async with s3_proxy_for(make_sink, busy) as (proxy, s3):
+        await upload_bytes(s3, data_of(1000, seed=53), key="a.bin", label=False)
+        await upload_bytes(s3, data_of(1100, seed=54), key="b.bin", label=False)
+        await upload_bytes(s3, data_of(1200, seed=55), key="c.bin", label=False)
+    assert [s.key.rsplit("/", 1)[-1] for s in proxy.ops("HeadObject")] == ["a.bin"]
+    assert probes(proxy) == [
+        *[("PutObject", 0, "*")] * RETRY_ATTEMPTS,
+        ("PutObject", 0, "*"),
+        ("PutObject", 0, "*"),
+        ("DeleteObject", 0, None),
+    ]
+
+
 # -- a part that fails for good is never completed ------------------------------------------------
 
 
@@ -792,7 +924,7 @@ async def test_a_single_put_carries_its_checksum_label_and_settings(make_sink: S
     async with s3_proxy_for(make_sink, storage_class="STANDARD_IA") as (proxy, s3):
         upload = await open_for(s3, data, label=False, content_type="application/pdf")
         await send(upload, data)
-    (put,) = proxy.ops("PutObject")
+    (put,) = [p for p in proxy.ops("PutObject") if not staged(p)]
     assert put.key == s3.object_key(KEY) and put.sha256 == sha(data)
     assert checksum_headers(put) == {"x-amz-checksum-sha256": hex_to_b64(sha(data))}
     assert put.headers["x-amz-meta-sha256"] == sha(data)
@@ -950,9 +1082,11 @@ async def test_a_store_without_conditional_writes_gets_plain_writes(
     # Refused: the first conditional write, and for a PutObject in "auto" also its retry without
     # the checksum (tried first, as it might have been the problem); every write the store took
     # carries its checksum.
-    refused = [s for s in proxy.seen if "if-none-match" in s.headers]
+    # (The probe of whether the store enforces If-None-Match writes under the staging prefix.)
+    refused = [s for s in proxy.seen if "if-none-match" in s.headers and not staged(s)]
     assert [s.operation for s in refused] == [first] * (2 if (mode, first) == ("auto", "PutObject") else 1)
-    taken = [s for s in proxy.ops("PutObject") + proxy.ops("UploadPart") if s not in refused]
+    puts = [s for s in proxy.ops("PutObject") if not staged(s)]
+    taken = [s for s in puts + proxy.ops("UploadPart") if s not in refused]
     assert len(taken) == 1 + 3 + 3
     assert all("x-amz-checksum-sha256" in s.headers for s in taken)
 
@@ -973,7 +1107,7 @@ async def test_a_store_without_either_feature_gets_neither(make_sink: SinkFactor
             await upload_bytes(s3, data_of(11 * MIB, seed=29), key="b.bin", label=False)
         assert not s3.bucket.checksums and not s3.bucket.conditional_writes
         assert await stored(s3) == (data, {"sha256": sha(data)})
-    puts = proxy.ops("PutObject")
+    puts = [p for p in proxy.ops("PutObject") if not staged(p)]
     assert [("x-amz-checksum-sha256" in p.headers, "if-none-match" in p.headers) for p in puts] == [
         (True, True),
         (False, True),
@@ -994,7 +1128,7 @@ async def test_an_unrelated_error_on_the_second_try_is_not_a_missing_feature(mak
 
     async def rule(seen: Seen) -> web.StreamResponse | None:
         nonlocal calls
-        if seen.operation == "PutObject":
+        if seen.operation == "PutObject" and not staged(seen):
             calls += 1
             if "x-amz-checksum-sha256" in seen.headers:
                 return s3_error(501, "NotImplemented")
@@ -1021,7 +1155,7 @@ async def test_a_feature_refusal_on_every_try_is_raised_as_it_came(make_sink: Si
             await upload_bytes(s3, b"abc", label=False)
         assert caught.value.code == "storage_rejected" and "S3 PutObject " in str(caught.value)
         assert s3.bucket.checksums and s3.bucket.conditional_writes
-        assert len(proxy.ops("PutObject")) == 4
+        assert len([p for p in proxy.ops("PutObject") if not staged(p)]) == 4
 
 
 async def test_required_checksums_refused_at_creation_fail_at_once(make_sink: SinkFactory) -> None:

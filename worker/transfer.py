@@ -278,11 +278,13 @@ async def _declare(upload: Upload, resp: aiohttp.ClientResponse, entity: _Entity
     it for a later process (``Accept-Ranges: bytes``, a validator, a known size of at least
     ``min_bytes``); returns how many of its first bytes the destination already holds from an
     earlier process."""
-    if not isinstance(upload, ResumableUpload):
+    if entity.validator is None or not entity.total or entity.total < min_bytes:
         return 0
     if resp.headers.get("Accept-Ranges", "").lower() != "bytes":
         return 0
-    if entity.validator is None or not entity.total or entity.total < min_bytes:
+    # Last: an isinstance of a runtime-checkable Protocol inspects the class's members each time
+    # (25 µs here; 4 % of the event loop's samples per small file when it came first).
+    if not isinstance(upload, ResumableUpload):
         return 0
     return await upload.resume(SourceEntity(entity.validator, entity.total))
 

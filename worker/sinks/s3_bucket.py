@@ -35,7 +35,8 @@ import structlog
 from aiobotocore.config import AioConfig
 
 from worker.aio import shielded
-from worker.sinks.s3_errors import error_code, is_feature_rejection, is_not_found, translate
+from worker.errors import StorageError, StorageRejected
+from worker.sinks.s3_errors import error_code, http_status, is_feature_rejection, is_not_found, translate
 from worker.sinks.s3_parts import MAX_PARTS, MAX_SINGLE_COPY_BYTES, copy_ranges, part_size_for
 from worker.sinks.s3_settings import S3Settings
 
@@ -152,6 +153,11 @@ class ObjectInfo:
     last_modified: datetime | None
 
 
+class ConditionalWriteRefused(StorageRejected):
+    """A write that had to carry ``If-None-Match`` was refused with it (``Bucket.put``'s
+    ``unchecked``); its caller asks with a HEAD and writes the ordinary way instead."""
+
+
 @dataclass(frozen=True, slots=True)
 class Written:
     """What the store said about an object it just wrote."""
@@ -169,6 +175,10 @@ class Bucket:
         self._settings = settings
         self.checksums = settings.checksum_mode != "off"
         self.conditional_writes = True
+        # Whether this store refuses a conditional PutObject over an existing object: None until
+        # ``refuses_overwrite`` has found out.
+        self._refuses_overwrite: bool | None = None
+        self._probing = asyncio.Lock()
         # Above this, a server-side copy is a multipart copy; an attribute so tests can lower it.
         self.single_copy_max_bytes = MAX_SINGLE_COPY_BYTES
         # S3's limit of parts per upload (10,000 parts of 5 MiB are 50 GB); an attribute so tests
@@ -193,6 +203,56 @@ class Bucket:
             last_modified=resp.get("LastModified"),
         )
 
+    async def refuses_overwrite(self, probe_key: str) -> bool:
+        """Whether a PutObject with ``If-None-Match: *`` is refused here when an object exists.
+
+        Then a single PUT needs no HEAD before it: the write itself says whether the key was free.
+        Found out once per process, with an empty object at ``probe_key`` (a staging key: the
+        janitor removes it if the delete below fails) written twice: the second write must be
+        refused with 412. A store that takes both writes ignores the header, one that refuses it
+        lacks it, and either way every commit keeps asking with a HEAD first. A store that cannot
+        be asked now (unreachable, throttling) is asked again at the next commit.
+        """
+        if self._refuses_overwrite is not None:
+            return self._refuses_overwrite
+        async with self._probing:
+            if self._refuses_overwrite is None:
+                try:
+                    self._refuses_overwrite = await self._probe_if_none_match(probe_key)
+                except StorageRejected as exc:
+                    # Refused for good (access denied, say): HEAD first from now on.
+                    log.info("s3_conditional_probe_refused", bucket=self.name, error=exc.code)
+                    self._refuses_overwrite = False
+                except StorageError as exc:
+                    log.info("s3_conditional_probe_failed", bucket=self.name, error=exc.code)
+                    return False
+        return self._refuses_overwrite
+
+    async def _probe_if_none_match(self, probe_key: str) -> bool:
+        if not self.conditional_writes:
+            return False
+        written = False
+        try:
+            for attempt in (1, 2):
+                try:
+                    await self.client.put_object(Bucket=self.name, Key=probe_key, Body=b"", IfNoneMatch="*")
+                except botocore.exceptions.ClientError as exc:
+                    if attempt == 2 and http_status(exc) == 412:
+                        return True
+                    if is_feature_rejection(exc):
+                        return False
+                    raise translate(exc, action="PutObject", key=probe_key) from exc
+                except Exception as exc:
+                    raise translate(exc, action="PutObject", key=probe_key) from exc
+                written = True
+            # Both writes taken: the header is ignored, so two replicas racing for one key can
+            # overwrite each other; the HEAD before each write still guards every other case.
+            log.warning("s3_conditional_writes_ignored", bucket=self.name)
+            return False
+        finally:
+            if written:
+                await shielded(self.delete_quietly(probe_key, key=probe_key))
+
     async def put(
         self,
         object_key: str,
@@ -202,8 +262,14 @@ class Bucket:
         sha256_hex: str,
         content_type: str | None,
         if_absent: bool,
+        unchecked: bool = False,
     ) -> Written:
-        """One PutObject carrying the whole-object sha256 as checksum and as metadata."""
+        """One PutObject carrying the whole-object sha256 as checksum and as metadata.
+
+        ``unchecked``: no HEAD asked whether the key is free (``refuses_overwrite``), so the write
+        must not go without its ``If-None-Match``: if the store refuses it with this write's other
+        headers, ``ConditionalWriteRefused``, and from then on ``refuses_overwrite`` is False (the
+        caller asks with a HEAD and writes again)."""
         base = self._object_args(object_key, content_type, sha256_hex)
 
         async def call(checksum: bool, conditional: bool) -> Written:
@@ -215,7 +281,15 @@ class Bucket:
             resp = await self.client.put_object(**args)
             return Written(etag=_etag(resp.get("ETag")), version_id=resp.get("VersionId"))
 
-        return await self._call(call, action="PutObject", key=key, checksum=True, conditional=if_absent)
+        if not unchecked:
+            return await self._call(call, action="PutObject", key=key, checksum=True, conditional=if_absent)
+        try:
+            return await self._call(
+                call, action="PutObject", key=key, checksum=True, conditional=True, keep_conditional=True
+            )
+        except ConditionalWriteRefused:
+            self._refuses_overwrite = False
+            raise
 
     async def create_multipart(
         self, object_key: str, *, key: str, sha256_hex: str | None, content_type: str | None, staged: bool
@@ -432,10 +506,12 @@ class Bucket:
         key: str,
         checksum: bool,
         conditional: bool = False,
+        keep_conditional: bool = False,
     ) -> T:
-        """Run ``call(checksum, conditional)`` with the optional features this store accepts."""
+        """Run ``call(checksum, conditional)`` with the optional features this store accepts;
+        ``keep_conditional``: never without ``If-None-Match`` (``ConditionalWriteRefused`` instead)."""
         use_checksum = checksum and self.checksums
-        use_conditional = conditional and self.conditional_writes
+        use_conditional = conditional and (self.conditional_writes or keep_conditional)
         try:
             return await call(use_checksum, use_conditional)
         except botocore.exceptions.ClientError as exc:
@@ -446,7 +522,7 @@ class Bucket:
             raise translate(exc, action=action, key=key) from exc
         can_drop_checksum = use_checksum and self._settings.checksum_mode == "auto"
         candidates = [(False, use_conditional)] if can_drop_checksum else []
-        if use_conditional:
+        if use_conditional and not keep_conditional:
             candidates.append((use_checksum, False))
             if can_drop_checksum:
                 candidates.append((False, False))
@@ -466,6 +542,10 @@ class Bucket:
                 conditional=use_conditional and not with_conditional,
             )
             return result
+        if use_conditional and keep_conditional:
+            raise ConditionalWriteRefused(
+                f"S3 {action} {key}: refused with If-None-Match ({error_code(first)})", key=key
+            ) from first
         raise translate(first, action=action, key=key) from first
 
     def _drop(self, exc: Exception, action: str, *, checksums: bool, conditional: bool) -> None:

@@ -37,7 +37,8 @@ written again (``Committed(already_present=True)``): checked at open when size a
 published (the bytes are then still read and verified, but not uploaded), otherwise at commit. A
 different object is refused (``StorageRejected``, code ``object_exists``) unless ``overwrite``;
 without ``overwrite`` the final write also carries ``If-None-Match: *`` so two replicas racing for
-a key cannot both win.
+a key cannot both win. Where the store is known to enforce that header (``Bucket.refuses_overwrite``
+probes it once), a single ``PutObject`` is sent without a HEAD first: its refusal is the check.
 
 Failure and cancellation. ``abort()`` (shielded by the transfer) cancels the part tasks, aborts the
 multipart upload and deletes a staged object; failures there are logged, not raised, so the

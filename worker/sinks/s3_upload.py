@@ -19,7 +19,7 @@ import structlog
 from worker.aio import shielded
 from worker.errors import StorageInterrupted, StorageRejected
 from worker.sinks.base import Committed
-from worker.sinks.s3_bucket import Bucket, ObjectInfo, Written
+from worker.sinks.s3_bucket import Bucket, ConditionalWriteRefused, ObjectInfo, Written
 from worker.sinks.s3_parts import part_size_at
 
 if TYPE_CHECKING:
@@ -246,6 +246,13 @@ class S3Upload:
                 code="storage_size_mismatch",
             )
         parts = await self._finish_parts() if self._multipart is not None else []
+        if await self._write_tells_if_taken():
+            try:
+                return await self._publish_and_settle(parts, size, sha256, unchecked=True)
+            except ConditionalWriteRefused:
+                # The store refused If-None-Match together with this write's other headers
+                # (checksums, say): ask first, as with any store that lacks it.
+                pass
         existing = await self._bucket.head(self._object_key, key=self.key)
         if existing is not None and identical(existing, size, sha256):
             return await self._already_present(existing)
@@ -257,16 +264,22 @@ class S3Upload:
             )
         if existing is not None and not self._sink.settings.overwrite:
             raise self._exists_error()
+        return await self._publish_and_settle(parts, size, sha256, unchecked=False)
+
+    async def _publish_and_settle(
+        self, parts: list[CompletedPartTypeDef], size: int, sha256: str, *, unchecked: bool
+    ) -> Committed:
         try:
-            written = await self._publish(parts, size, sha256)
+            written = await self._publish(parts, size, sha256, unchecked=unchecked)
         except StorageRejected as exc:
             if exc.code != "object_exists":
                 raise
-            # If-None-Match lost a race: another writer published meanwhile. Same bytes are fine.
+            # If-None-Match found an object: another writer published meanwhile, or one was there
+            # and no HEAD asked first (``unchecked``). Same bytes are fine.
             existing = await self._bucket.head(self._object_key, key=self.key)
             if existing is not None and identical(existing, size, sha256):
                 return await self._already_present(existing)
-            raise
+            raise self._exists_error() from exc
         self._drop_buffers()
         self._state = "committed"
         return Committed(uri=self._sink.uri_for(self.key), etag=written.etag, version_id=written.version_id)
@@ -278,6 +291,20 @@ class S3Upload:
         await self._discard()
 
     # -- internals ---------------------------------------------------------------------------------
+
+    async def _write_tells_if_taken(self) -> bool:
+        """Whether the commit can skip its HEAD: a single PUT will carry ``If-None-Match: *`` to a
+        store known to enforce it, so the write is refused if an object is there, and that refusal
+        is handled as a lost race (``commit``). One request per small file fewer. The HEAD stays
+        with overwrite on (an identical object is not sent again), after an identical object was
+        found at open, and for multipart uploads (one request among several)."""
+        return (
+            self._multipart is None
+            and not self._present
+            and not self._sink.settings.overwrite
+            and self._bucket.conditional_writes
+            and await self._bucket.refuses_overwrite(self._sink.new_staging_key())
+        )
 
     def _ensure_open(self) -> None:
         if self._state != "open":
@@ -335,7 +362,9 @@ class S3Upload:
         self._drop_buffers()
         return parts
 
-    async def _publish(self, parts: list[CompletedPartTypeDef], size: int, sha256: str) -> Written:
+    async def _publish(
+        self, parts: list[CompletedPartTypeDef], size: int, sha256: str, *, unchecked: bool
+    ) -> Written:
         if_absent = not self._sink.settings.overwrite
         multipart = self._multipart
         if multipart is None:
@@ -346,6 +375,7 @@ class S3Upload:
                 sha256_hex=sha256,
                 content_type=self._content_type,
                 if_absent=if_absent,
+                unchecked=unchecked,
             )
         if multipart.object_key == self._object_key:
             if sha256 != self._expected_sha256:

@@ -54,6 +54,7 @@ from worker.store.base import (
     submit_results,
 )
 from worker.store.postgres_errors import TRANSIENT, describe, is_a_bug
+from worker.store.postgres_stats import StatisticsKeeper
 from worker.store.rows import (
     asset_from_row,
     error_columns,
@@ -188,6 +189,7 @@ class PostgresStore:
         self._sleep = sleep
         # Transactions that reached COMMIT or ROLLBACK (see Store.transactions).
         self.transactions = 0
+        self._statistics = StatisticsKeeper()
 
     @classmethod
     async def open(
@@ -273,7 +275,9 @@ class PostgresStore:
             jobs = await _load(conn, unique)
             return submit_results(names, jobs, existing=set(unique) - created, requeued=requeued)
 
-        return await self._transaction(body)
+        results = await self._transaction(body)
+        await self._statistics.inserted(self._pool, len({r.job.key for r in results if r.created}))
+        return results
 
     async def cancel(self, key: JobKey, *, now: float) -> Job | None:
         k = str(key)
@@ -529,9 +533,11 @@ class PostgresStore:
     async def submit_discovered(self, items: Sequence[Discovered], *, source: str, now: float) -> list[bool]:
         if not items:
             return []
-        return await self._transaction(
+        created = await self._transaction(
             lambda conn: postgres_mirror.submit_discovered(conn, items, source, now)
         )
+        await self._statistics.inserted(self._pool, sum(created))
+        return created
 
     async def claim_walk(self, source: str, *, owner: str, now: float, lease_s: float) -> WalkRecord | None:
         return await self._transaction(

@@ -50,8 +50,13 @@ def cli_environment(tmp_path: Path, sim: Simulator) -> dict[str, str]:
     return env
 
 
+# Every CLI process a test started; the ones still running when it ends are killed
+# (``kill_leftover_processes``), so a test that fails half-way leaves no worker behind.
+STARTED: list[asyncio.subprocess.Process] = []
+
+
 async def start(env: Mapping[str, str], *args: str, stdin: bool = False) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
+    proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "worker.cli",
@@ -61,6 +66,18 @@ async def start(env: Mapping[str, str], *args: str, stdin: bool = False) -> asyn
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
+    STARTED.append(proc)
+    return proc
+
+
+async def kill_leftover_processes() -> None:
+    """Kill and reap every process ``start`` made that is still running."""
+    while STARTED:
+        proc = STARTED.pop()
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
 
 
 async def cli(

@@ -16,6 +16,7 @@ import aiohttp
 import pytest
 from hypothesis import settings
 
+from tests.cli_support import kill_leftover_processes
 from tests.pgserver import PgServer, run_postgres
 from tests.s3server import S3Server, external_server, run_seaweedfs
 from worker.app import Worker, open_worker
@@ -98,6 +99,12 @@ def pg_server() -> Iterator[PgServer]:
 def pg_url(pg_server: PgServer) -> str:
     """A fresh, empty database of the session's PostgreSQL."""
     return pg_server.create_database()
+
+
+@pytest.fixture(autouse=True)
+async def _no_cli_process_outlives_its_test() -> AsyncIterator[None]:
+    yield
+    await kill_leftover_processes()
 
 
 @pytest.fixture

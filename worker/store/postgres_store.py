@@ -449,8 +449,11 @@ class PostgresStore:
             raise ValueError(f"finish() needs a final state, not {state.value!r}")
 
         async def body(conn: Conn) -> None:
+            # The receipts are fenced by the lease-checked UPDATE after them: if the lease was
+            # lost, it raises LeaseLost and the whole transaction, receipts included, rolls back
+            # (no separate check, and no updated_at of its own: the UPDATE sets it).
             for receipt in receipts:
-                await _record_receipt(conn, key, owner, receipt)
+                await _store_receipt(conn, key, receipt)
             await _update_leased(
                 conn,
                 key,
@@ -839,8 +842,19 @@ async def _lease_lost(conn: Conn, key: JobKey, owner: str) -> LeaseLost:
 
 async def _record_receipt(conn: Conn, key: JobKey, owner: str, receipt: Receipt) -> None:
     """Mark an asset stored (idempotent: a stored one keeps its first receipt), under the lease."""
-    k = str(key)
     await _check_leased(conn, key, owner)
+    if await _store_receipt(conn, key, receipt):
+        await conn.execute(
+            "UPDATE asset_worker.jobs SET updated_at = GREATEST(updated_at, $1) WHERE key = $2",
+            receipt.stored_at,
+            str(key),
+        )
+
+
+async def _store_receipt(conn: Conn, key: JobKey, receipt: Receipt) -> bool:
+    """Write the receipt on the asset's row unless it is stored already; whether it was written.
+    Not fenced by itself: its caller checks the lease in the same transaction."""
+    k = str(key)
     status = await conn.execute(
         """UPDATE asset_worker.assets SET state = 'stored', uri = $1, size = $2, sha256 = $3,
                upstream_verified = $4, stored_at = $5, etag = $6, version_id = $7, origin = $8,
@@ -858,13 +872,9 @@ async def _record_receipt(conn: Conn, key: JobKey, owner: str, receipt: Receipt)
         receipt.asset_id,
     )
     if _count(status):
-        await conn.execute(
-            "UPDATE asset_worker.jobs SET updated_at = GREATEST(updated_at, $1) WHERE key = $2",
-            receipt.stored_at,
-            k,
-        )
-    else:
-        await _check_asset_exists(conn, key, receipt.asset_id)
+        return True
+    await _check_asset_exists(conn, key, receipt.asset_id)
+    return False
 
 
 async def _check_asset_exists(conn: Conn, key: JobKey, asset_id: str) -> None:

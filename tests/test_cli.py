@@ -222,7 +222,13 @@ async def test_common_options_stand_before_or_after_the_command_and_version_prin
     assert before.out == after.out == both.out
     assert (await status_json(cli_env)) == []  # the default store was not touched
     logged = await cli(cli_env, "submit", "cloudlayer:v2", "--log-format", "json", "--log-level", "info")
-    assert logged.code == 0 and json.loads(logged.err.splitlines()[-1])["event"] == "job_submitted"
+    summary = json.loads(logged.err.splitlines()[-1])
+    assert logged.code == 0 and summary["event"] == "jobs_submitted"
+    assert (summary["keys"], summary["created"], summary["existing"]) == (1, 1, 0)
+    detailed = await cli(cli_env, "submit", "cloudlayer:v2", "--log-format", "json", "--log-level", "debug")
+    events = [json.loads(line) for line in detailed.err.splitlines()]
+    last = [(e["event"], e.get("created")) for e in events[-2:]]
+    assert last == [("job_submitted", False), ("jobs_submitted", 0)]
     shown = await cli(cli_env, "--version")
     installed = importlib.metadata.version("asset-worker")
     assert shown.code == 0 and shown.out.strip() == f"asset-worker {installed}"

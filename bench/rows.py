@@ -115,6 +115,7 @@ def large_row(
     where: str = "",
     footer: Callable[[Mapping[str, Any]], list[str]] | None = None,
     facts: Mapping[str, Any] | None = None,
+    targets: tuple[Target, ...] = (),
 ) -> Row:
     """One job of one large file, in MB/s; ``where`` ends the title (", into S3 ...")."""
     return Row(
@@ -124,6 +125,7 @@ def large_row(
         value=lambda s: file.size / s.seconds / 1e6,
         runs=runs,
         contenders=contenders,
+        targets=targets,
         footer=footer,
         facts={"bytes": file.size, **(facts or {})},
     )
@@ -143,6 +145,11 @@ def large_file_row(ctx: Context, file: ServedFile, runs: int) -> Row:
             ),
             Contender("rclone", "rclone copyurl URL FILE", lambda d: run_one.rclone_one(ctx, d, file)),
         ],
+        # The issue's: at least 0.6x a plain download, and twice a download that checks a sha256.
+        targets=(
+            Target("worker/curl", ">= 0.6", at_least(0.6)),
+            Target("worker/aria2c", ">= 2", at_least(2.0)),
+        ),
     )
 
 

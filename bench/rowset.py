@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
+import claimrows
 import peers
 import queuescale
 import rows
@@ -39,11 +40,12 @@ ROW_KEYS: Final = (
     "many_small_s3",
     "queue_scale_postgres",
     "many_small_postgres",
+    "claim_latency_postgres",
 )
 # Rows that need a server of their own: in the default set only when asked for (PostgreSQL) or when
 # the server is installed (SeaweedFS).
 S3_ROWS: Final = ("large_file_s3", "many_small_s3")
-POSTGRES_ROWS: Final = ("queue_scale_postgres", "many_small_postgres")
+POSTGRES_ROWS: Final = ("queue_scale_postgres", "many_small_postgres", "claim_latency_postgres")
 OPTIONAL_ROWS: Final = (*S3_ROWS, *POSTGRES_ROWS)
 _SMALL_ROWS: Final = ("many_small", "many_small_postgres")
 _LARGE_ROWS: Final = ("large_file", "large_file_s3")
@@ -72,6 +74,8 @@ class Plan:
     scale_jobs: int  # submit and status: this many jobs, and a tenth of it
     scale_runs: int
     s3_files: int = 200  # many_small_s3: files of 1 MiB
+    claim_queues: tuple[int, int] = (1_000, 1_000_000)  # claim_latency_postgres: the two queues
+    claims: int = 2_000  # claim_latency_postgres: claims per run
     left_out: tuple[str, ...] = ()  # why a row that could run is not in the default set
 
 
@@ -181,6 +185,9 @@ def row_builders(
         ),
         "many_small_s3": lambda: smallrows.s3_row(
             ctx, up.bucket, files.listed, plan.small_runs, conc, up.s3_name
+        ),
+        "claim_latency_postgres": lambda: claimrows.claim_latency_row(
+            ctx, up.postgres, plan.claim_queues, plan.claims, plan.queue_runs
         ),
         "startup": lambda: rows.startup_row(ctx, root / "startup-store", plan.startup_runs),
         "submit_status": lambda: scalerows.submit_status_row(

@@ -20,6 +20,8 @@ Rows:
 - ``queue_scale``: jobs/s of ``asset-worker run --no-http`` over the first 1,000 jobs finished (1 KiB
   assets, SQLite, local disk) when the queue holds 1,000 jobs and when it holds 100,000; the ratio of
   the two (the issue asks >= 0.9). ``queue_scale_postgres`` (``--postgres``): the same on PostgreSQL.
+- ``claim_latency_postgres`` (``--postgres``): the p99 of 2,000 claims (the worker's store code, in a
+  child process) with 1,000 and with 1,000,000 jobs queued, and their ratio (the issue asks "flat").
 - ``submit_status``: wall time and peak RSS of ``asset-worker submit --from-file`` with 10,000 and
   100,000 keys (the issue asks < 5 s for 100,000) and of ``asset-worker status --json`` over as many
   jobs (the RSS ratio says whether its memory is flat). No peer.
@@ -258,7 +260,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--postgres",
         action="store_true",
-        help="add queue_scale_postgres and many_small_postgres: on PostgreSQL (the tests' server)",
+        help=(
+            "add queue_scale_postgres, many_small_postgres and claim_latency_postgres: on PostgreSQL "
+            "(the tests' server)"
+        ),
     )
     parser.add_argument(
         "--s3",
@@ -325,6 +330,8 @@ def _smoke(plan: Plan) -> Plan:
         scale_jobs=1000,
         scale_runs=1,
         s3_files=5,
+        claim_queues=(1_000, 10_000),
+        claims=100,
     )
 
 

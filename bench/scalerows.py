@@ -209,4 +209,5 @@ def large_s3_row(ctx: Context, bucket: s3dest.Bucket, file: ServedFile, runs: in
         where=f" into S3 ({server_name})",
         footer=lambda _: s3dest.described_settings(bucket.server),
         facts={"s3_server": server_name},
+        targets=(Target("worker/rclone", ">= 1", at_least(1.0)),),  # the issue's
     )

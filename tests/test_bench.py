@@ -28,6 +28,7 @@ RATIOS = {
     "submit_status": {"status_large/status_small"},
     "large_file_s3": {"worker/rclone"},
     "queue_scale_postgres": {"long_queue/short_queue"},
+    "claim_latency_postgres": {"long_queue/short_queue"},
 }
 # What the issue asks of the figures: reported (met or not), never a reason for a non-zero exit.
 TARGETS = {
@@ -37,6 +38,9 @@ TARGETS = {
     "queue_scale": [">= 0.9"],
     "submit_status": ["< 5 s", "< 1.10"],
     "queue_scale_postgres": [">= 0.9"],
+    "claim_latency_postgres": ["< 1.5"],
+    "large_file": [">= 0.6", ">= 2"],
+    "large_file_s3": [">= 1"],
 }
 
 

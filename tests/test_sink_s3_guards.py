@@ -589,11 +589,10 @@ async def test_if_none_match_refused_beside_a_checksum_falls_back_to_a_head(make
     ]
 
 
-async def test_a_probe_that_cannot_reach_the_store_is_tried_again_at_the_next_commit(
-    make_sink: SinkFactory,
-) -> None:
-    """The probe answered 503 (every retry): that commit asks with a HEAD, and the next one probes
-    again rather than taking the failure for an answer."""
+async def test_a_probe_that_cannot_reach_the_store_is_tried_again_later(make_sink: SinkFactory) -> None:
+    """The probe answered 503 (every retry): commits ask with a HEAD, without probing again, until
+    ``probe_retry_s`` has passed; then one probes again rather than taking the failure for an
+    answer."""
     unavailable = RETRY_ATTEMPTS
 
     async def busy(seen: Seen) -> web.StreamResponse | None:
@@ -604,10 +603,14 @@ async def test_a_probe_that_cannot_reach_the_store_is_tried_again_at_the_next_co
         return None
 
     async with s3_proxy_for(make_sink, busy) as (proxy, s3):
-        await upload_bytes(s3, data_of(1000, seed=53), key="a.bin", label=False)
-        await upload_bytes(s3, data_of(1100, seed=54), key="b.bin", label=False)
-        await upload_bytes(s3, data_of(1200, seed=55), key="c.bin", label=False)
-    assert [s.key.rsplit("/", 1)[-1] for s in proxy.ops("HeadObject")] == ["a.bin"]
+        await asyncio.gather(
+            *(upload_bytes(s3, data_of(1000 + n, seed=53 + n), key=f"{n}.bin", label=False) for n in range(3))
+        )
+        assert probes(proxy) == [("PutObject", 0, "*")] * RETRY_ATTEMPTS  # one probe for the three
+        s3.bucket.probe_retry_s = 0.0
+        await upload_bytes(s3, data_of(1200, seed=56), key="3.bin", label=False)
+        await upload_bytes(s3, data_of(1300, seed=57), key="4.bin", label=False)
+    assert sorted(s.key.rsplit("/", 1)[-1] for s in proxy.ops("HeadObject")) == ["0.bin", "1.bin", "2.bin"]
     assert probes(proxy) == [
         *[("PutObject", 0, "*")] * RETRY_ATTEMPTS,
         ("PutObject", 0, "*"),

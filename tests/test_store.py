@@ -450,6 +450,20 @@ async def test_finish_records_the_last_receipts_in_the_same_transaction(store: S
     ]
 
 
+async def test_finish_after_a_takeover_that_replaced_the_assets_is_lease_lost(store: Store) -> None:
+    """The old holder's finish, with a receipt for an asset the new holder has since dropped (the
+    vendor took the job back to processing), fails with LeaseLost and changes nothing: never an
+    error about the missing asset, which would read as a crash of the old holder."""
+    await ready(store, A, ["x"])
+    taken = await store.claim(owner="w2", phase=Phase.TRANSFER, now=100.0, lease_s=30, limit=1)
+    assert [j.key for j in taken] == [A]
+    await store.restart_polling(A, owner="w2", now=101.0, provider_state={})
+    with pytest.raises(LeaseLost):
+        await store.finish(A, owner="w1", now=102.0, state=JobState.DONE, receipts=[receipt("x")])
+    (job,) = await store.get([A])
+    assert job.state is JobState.POLLING and job.assets == ()
+
+
 async def test_retry_later_round_trips(store: Store) -> None:
     """retry_later keeps the state, sets due_at, remembers the last error and drops the lease."""
     await ready(store, A, ["x"])

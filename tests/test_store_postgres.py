@@ -16,12 +16,14 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from structlog.testing import capture_logs
 
 import worker
 from tests.pgserver import PgServer, execute, private_cluster
 from worker.errors import ConfigError, InvalidJob, StoreUnavailable
 from worker.models import JobKey, JobState
 from worker.store import Phase, open_store, postgres_schema
+from worker.store.postgres_stats import StatisticsKeeper
 from worker.store.postgres_store import PostgresStore
 
 A = JobKey("layers", "job-a")
@@ -338,3 +340,51 @@ async def test_a_claim_skips_rows_another_claim_has_locked(pg_url: str) -> None:
     finally:
         await other.close()
         await store.close()
+
+
+# -- the planner's statistics after bulk inserts ----------------------------------------------------
+
+
+async def _add_jobs(conn: asyncpg.Connection, first: int, count: int) -> None:
+    await conn.execute(
+        """INSERT INTO asset_worker.jobs (key, provider, upstream_id)
+           SELECT 'cloudlayer:s' || i, 'cloudlayer', 's' || i FROM generate_series($1::int, $2::int) AS i""",
+        first,
+        first + count - 1,
+    )
+
+
+async def test_statistics_are_refreshed_when_inserted_rows_may_have_doubled_the_table(pg_url: str) -> None:
+    """ANALYZE runs once the rows inserted since the last one reach the planner's estimate of the
+    table (at least 1,000); below that nothing is asked of the server at all (shown with a closed
+    pool: any use of it would be logged as a failure)."""
+    await (await open_store(pg_url)).close()
+    conn = await asyncpg.connect(pg_url)
+    pool = await asyncpg.create_pool(pg_url, min_size=1, max_size=1)
+    closed = await asyncpg.create_pool(pg_url, min_size=1, max_size=1)
+    await closed.close()
+    keeper = StatisticsKeeper()
+
+    async def estimate() -> float:
+        sql = "SELECT reltuples FROM pg_class WHERE oid = 'asset_worker.jobs'::regclass"
+        return float(await conn.fetchval(sql))
+
+    try:
+        await conn.execute("ALTER TABLE asset_worker.jobs SET (autovacuum_enabled = false)")
+        with capture_logs() as events:
+            await _add_jobs(conn, 0, 5000)
+            await keeper.inserted(closed, 0)  # nothing inserted: nothing to do
+            await keeper.inserted(pool, 5000)  # never analyzed: analyzed now
+            assert (await estimate(), keeper.inserted_since_analyze) == (5000, 0)
+            await _add_jobs(conn, 5000, 3000)
+            await keeper.inserted(closed, 999)  # under the minimum
+            await keeper.inserted(pool, 2001)  # 3,000 < the estimate of 5,000: read, not analyzed
+            await keeper.inserted(closed, 1000)  # 4,000: no need to read the estimate again
+            assert (await estimate(), keeper.inserted_since_analyze) == (5000, 4000)
+            await _add_jobs(conn, 8000, 1500)
+            await keeper.inserted(pool, 1500)  # 5,500 >= 5,000: analyzed
+            assert (await estimate(), keeper.inserted_since_analyze) == (9500, 0)
+        assert [e["event"] for e in events] == []
+    finally:
+        await pool.close()
+        await conn.close()

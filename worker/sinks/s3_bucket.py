@@ -25,6 +25,7 @@ import asyncio
 import base64
 import hashlib
 import io
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -55,6 +56,9 @@ USER_AGENT_EXTRA = "asset-worker/0.1"
 RETRY_ATTEMPTS = 3
 CONNECT_TIMEOUT_S = 10.0
 READ_TIMEOUT_S = 60.0
+# After a probe of If-None-Match that could not reach the store, how long commits HEAD first before
+# the next probe.
+PROBE_RETRY_S = 60.0
 
 
 def client_config(settings: S3Settings) -> AioConfig:
@@ -179,6 +183,11 @@ class Bucket:
         # ``refuses_overwrite`` has found out.
         self._refuses_overwrite: bool | None = None
         self._probing = asyncio.Lock()
+        # After a probe that could not reach the store, commits ask with a HEAD for this long before
+        # one probes again (rather than each commit waiting out a probe in turn); an attribute so
+        # tests can shorten it.
+        self.probe_retry_s = PROBE_RETRY_S
+        self._probe_failed_at: float | None = None
         # Above this, a server-side copy is a multipart copy; an attribute so tests can lower it.
         self.single_copy_max_bytes = MAX_SINGLE_COPY_BYTES
         # S3's limit of parts per upload (10,000 parts of 5 MiB are 50 GB); an attribute so tests
@@ -211,12 +220,14 @@ class Bucket:
         janitor removes it if the delete below fails) written twice: the second write must be
         refused with 412. A store that takes both writes ignores the header, one that refuses it
         lacks it, and either way every commit keeps asking with a HEAD first. A store that cannot
-        be asked now (unreachable, throttling) is asked again at the next commit.
+        be asked now (unreachable, throttling) is asked again ``probe_retry_s`` later.
         """
         if self._refuses_overwrite is not None:
             return self._refuses_overwrite
+        if self._probe_failed_recently():
+            return False
         async with self._probing:
-            if self._refuses_overwrite is None:
+            if self._refuses_overwrite is None and not self._probe_failed_recently():
                 try:
                     self._refuses_overwrite = await self._probe_if_none_match(probe_key)
                 except StorageRejected as exc:
@@ -225,8 +236,12 @@ class Bucket:
                     self._refuses_overwrite = False
                 except StorageError as exc:
                     log.info("s3_conditional_probe_failed", bucket=self.name, error=exc.code)
-                    return False
-        return self._refuses_overwrite
+                    self._probe_failed_at = time.monotonic()
+        return bool(self._refuses_overwrite)
+
+    def _probe_failed_recently(self) -> bool:
+        failed = self._probe_failed_at
+        return failed is not None and time.monotonic() < failed + self.probe_retry_s
 
     async def _probe_if_none_match(self, probe_key: str) -> bool:
         if not self.conditional_writes:

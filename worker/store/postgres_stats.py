@@ -39,6 +39,9 @@ class StatisticsKeeper:
 
     def __init__(self) -> None:
         self._inserted = 0
+        # The planner's estimate of the table when last read: no need to read it again before this
+        # process has inserted as many rows.
+        self._estimate = 0.0
         self._lock = asyncio.Lock()
 
     @property
@@ -49,15 +52,16 @@ class StatisticsKeeper:
         """Note ``count`` new rows (committed); ``ANALYZE`` the table if they may have doubled it.
         Best effort: a failure is logged and the next insert tries again."""
         self._inserted += count
-        if self._inserted < ANALYZE_MIN_ROWS:
+        if count == 0 or self._inserted < max(ANALYZE_MIN_ROWS, self._estimate):
             return
         async with self._lock:
-            if self._inserted < ANALYZE_MIN_ROWS:
+            if self._inserted < max(ANALYZE_MIN_ROWS, self._estimate):
                 return  # another insert analyzed meanwhile
             try:
                 async with pool.acquire() as conn:
                     estimate = await conn.fetchval(_ESTIMATE)
                     if estimate is not None and self._inserted < estimate:
+                        self._estimate = float(estimate)
                         return
                     counted = self._inserted
                     async with conn.transaction():
@@ -67,3 +71,4 @@ class StatisticsKeeper:
                 log.info("store_statistics_not_refreshed", error=describe(exc))
                 return
             self._inserted -= counted
+            self._estimate = 0.0

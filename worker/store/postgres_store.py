@@ -449,11 +449,9 @@ class PostgresStore:
             raise ValueError(f"finish() needs a final state, not {state.value!r}")
 
         async def body(conn: Conn) -> None:
-            # The receipts are fenced by the lease-checked UPDATE after them: if the lease was
-            # lost, it raises LeaseLost and the whole transaction, receipts included, rolls back
-            # (no separate check, and no updated_at of its own: the UPDATE sets it).
-            for receipt in receipts:
-                await _store_receipt(conn, key, receipt)
+            # The lease-checked UPDATE first: it raises LeaseLost for a job taken over (whose new
+            # holder may have replaced its asset rows), and holds the job's row until COMMIT, so the
+            # receipts after it need no check of their own, nor an updated_at (it set it).
             await _update_leased(
                 conn,
                 key,
@@ -464,6 +462,8 @@ class PostgresStore:
                 now,
                 *error_columns(error),
             )
+            for receipt in receipts:
+                await _store_receipt(conn, key, receipt)
 
         await self._transaction(body)
 
@@ -714,8 +714,10 @@ class PostgresStore:
             try:
                 async with self._pool.acquire() as conn:
                     if repeatable_statement:
-                        self.transactions += 1
-                        return await body(conn)
+                        try:
+                            return await body(conn)
+                        finally:
+                            self.transactions += 1
                     tx = (
                         conn.transaction(isolation="repeatable_read", readonly=True)
                         if read_only

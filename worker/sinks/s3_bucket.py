@@ -212,16 +212,19 @@ class Bucket:
             last_modified=resp.get("LastModified"),
         )
 
-    async def refuses_overwrite(self, probe_key: str) -> bool:
+    async def refuses_overwrite(self, probe_key: Callable[[], str]) -> bool:
         """Whether a PutObject with ``If-None-Match: *`` is refused here when an object exists.
 
         Then a single PUT needs no HEAD before it: the write itself says whether the key was free.
-        Found out once per process, with an empty object at ``probe_key`` (a staging key: the
-        janitor removes it if the delete below fails) written twice: the second write must be
+        Never while conditional writes are off (dropped after the store refused the header).
+        Found out once per process, with an empty object at a key ``probe_key()`` makes (a staging
+        key: the janitor removes it if the delete below fails) written twice: the second write must be
         refused with 412. A store that takes both writes ignores the header, one that refuses it
         lacks it, and either way every commit keeps asking with a HEAD first. A store that cannot
         be asked now (unreachable, throttling) is asked again ``probe_retry_s`` later.
         """
+        if not self.conditional_writes:
+            return False
         if self._refuses_overwrite is not None:
             return self._refuses_overwrite
         if self._probe_failed_recently():
@@ -229,7 +232,7 @@ class Bucket:
         async with self._probing:
             if self._refuses_overwrite is None and not self._probe_failed_recently():
                 try:
-                    self._refuses_overwrite = await self._probe_if_none_match(probe_key)
+                    self._refuses_overwrite = await self._probe_if_none_match(probe_key())
                 except StorageRejected as exc:
                     # Refused for good (access denied, say): HEAD first from now on.
                     log.info("s3_conditional_probe_refused", bucket=self.name, error=exc.code)
@@ -244,8 +247,6 @@ class Bucket:
         return failed is not None and time.monotonic() < failed + self.probe_retry_s
 
     async def _probe_if_none_match(self, probe_key: str) -> bool:
-        if not self.conditional_writes:
-            return False
         written = False
         try:
             for attempt in (1, 2):

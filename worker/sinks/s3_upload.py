@@ -302,8 +302,7 @@ class S3Upload:
             self._multipart is None
             and not self._present
             and not self._sink.settings.overwrite
-            and self._bucket.conditional_writes
-            and await self._bucket.refuses_overwrite(self._sink.new_staging_key())
+            and await self._bucket.refuses_overwrite(self._sink.new_staging_key)
         )
 
     def _ensure_open(self) -> None:

@@ -52,10 +52,10 @@ class StatisticsKeeper:
         """Note ``count`` new rows (committed); ``ANALYZE`` the table if they may have doubled it.
         Best effort: a failure is logged and the next insert tries again."""
         self._inserted += count
-        if count == 0 or self._inserted < max(ANALYZE_MIN_ROWS, self._estimate):
+        if count == 0 or not self._may_be_stale():
             return
         async with self._lock:
-            if self._inserted < max(ANALYZE_MIN_ROWS, self._estimate):
+            if not self._may_be_stale():
                 return  # another insert analyzed meanwhile
             try:
                 async with pool.acquire() as conn:
@@ -72,3 +72,8 @@ class StatisticsKeeper:
                 return
             self._inserted -= counted
             self._estimate = 0.0
+
+    def _may_be_stale(self) -> bool:
+        """Enough rows inserted to be worth a look: at least the minimum, and at least the
+        estimate last read (below it, the table cannot have doubled)."""
+        return self._inserted >= max(ANALYZE_MIN_ROWS, self._estimate)

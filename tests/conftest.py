@@ -7,7 +7,7 @@ import dataclasses
 import ipaddress
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from hypothesis import settings
 from tests.cli_support import kill_leftover_processes
 from tests.pgserver import PgServer, run_postgres
 from tests.s3server import S3Server, external_server, run_seaweedfs
+from tests.settling_loop import SettlingEventLoop
 from worker.app import Worker, open_worker
 from worker.config import HttpSettings, LimitSettings, Settings
 from worker.egress import EgressPolicy
@@ -57,6 +58,14 @@ class RecordingSleep:
 settings.register_profile("default", deadline=None)
 settings.register_profile("mutation", deadline=None, derandomize=True, database=None)
 settings.load_profile(os.environ.get("TEST_ASSET_WORKER_HYPOTHESIS_PROFILE", "default"))
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """Every async test and fixture runs on a loop that finishes closing its connections before
+    it closes (tests/settling_loop.py)."""
+    return {"settling": SettlingEventLoop}
+
 
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:

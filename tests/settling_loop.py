@@ -25,7 +25,7 @@ class SettlingEventLoop(asyncio.SelectorEventLoop):
     def _finish_closing_transports(self) -> None:
         # The selector loop's own register of its live transports (fd -> transport, weakly held).
         transports: dict[int, asyncio.BaseTransport] = getattr(self, "_transports", {})
-        closing = [t for t in list(transports.values()) if t.is_closing()]
+        closing = [t for t in list(transports.values()) if t.is_closing() and _socket_open(t)]
         for transport in closing:
             # Drops the unsent bytes (nobody waits for them any more) and closes the socket on the
             # loop's next pass.
@@ -33,3 +33,9 @@ class SettlingEventLoop(asyncio.SelectorEventLoop):
                 transport.abort()
         if closing:
             self.run_until_complete(asyncio.sleep(0))
+
+
+def _socket_open(transport: asyncio.BaseTransport) -> bool:
+    # A transport that finished closing may still be registered until it is collected.
+    sock = transport.get_extra_info("socket")
+    return sock is not None and sock.fileno() != -1

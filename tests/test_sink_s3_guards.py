@@ -106,6 +106,11 @@ _HOP_BY_HOP = frozenset(
 )
 
 
+def _forwardable(resp: aiohttp.ClientResponse) -> dict[str, str]:
+    """The headers of an answer from the real server that a proxy passes back."""
+    return {k: v for k, v in resp.headers.items() if k.lower() not in _HOP_BY_HOP}
+
+
 @dataclass
 class Proxy:
     url: str
@@ -178,7 +183,7 @@ async def s3_proxy(upstream: str, *rules: Rule) -> AsyncIterator[Proxy]:
             skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type", "Accept"),
         ) as resp:
             payload = await resp.read()
-            out = {k: v for k, v in resp.headers.items() if k.lower() not in _HOP_BY_HOP}
+            out = _forwardable(resp)
             if request.method == "HEAD":
                 response = web.Response(status=resp.status, headers=out)
                 response.headers["Content-Length"] = resp.headers.get("Content-Length", "0")
@@ -964,6 +969,83 @@ async def test_labelled_parts_carry_their_checksums(make_sink: SinkFactory) -> N
     body = complete.body.decode()
     assert re.findall(r"<PartNumber>(\d+)</PartNumber>", body) == ["1", "2", "3"]
     assert re.findall(r"<ChecksumSHA256>([^<]+)</ChecksumSHA256>", body) == [sha256_b64(p) for p in pieces]
+
+
+def body_signature(seen: Seen) -> str:
+    """What the SigV4 signature says of the body: its SHA-256, or that it signs none."""
+    return seen.headers["x-amz-content-sha256"]
+
+
+@pytest.mark.parametrize("checksum_mode", ["auto", "off"])
+async def test_a_body_is_signed_unless_its_checksum_is_sent(
+    make_sink: SinkFactory, checksum_mode: str
+) -> None:
+    """Over http, a PutObject or UploadPart that carries its SHA-256 checksum is signed without
+    its body (the signed checksum header covers it, and the store checks it), so the body is hashed
+    once, not twice. Without the checksum the signature covers the body's SHA-256, as botocore
+    does by default. Either way the store accepts the signature and keeps the bytes."""
+    small, large = data_of(300_000, seed=40), data_of(PART + 1000, seed=41)
+    async with s3_proxy_for(make_sink, checksum_mode=checksum_mode) as (proxy, s3):
+        await upload_bytes(s3, small, label=True)
+        await upload_bytes(s3, large, key="b.bin", label=True)
+        assert await stored(s3) == (small, {"sha256": sha(small)})
+        assert (await stored(s3, "b.bin"))[0] == large
+    bodies = [p for p in proxy.seen if p.operation in ("PutObject", "UploadPart") and not staged(p)]
+    assert sorted(p.operation for p in bodies) == ["PutObject", "UploadPart", "UploadPart"]
+    for seen in bodies:
+        if checksum_mode == "auto":
+            assert "x-amz-checksum-sha256" in seen.headers
+            assert body_signature(seen) == "UNSIGNED-PAYLOAD"
+        else:
+            assert checksum_headers(seen) == {}
+            assert body_signature(seen) == seen.sha256
+    # Requests without a body are signed as botocore signs them (the hash of nothing).
+    (create,) = proxy.ops("CreateMultipartUpload")
+    assert body_signature(create) == sha(b"")
+
+
+async def test_a_body_changed_on_the_way_is_refused_by_its_checksum(make_sink: SinkFactory) -> None:
+    """An unsigned body is still covered: a part whose bytes change between the sink and the store
+    (the checksum header, being signed, cannot change with them) is refused by the store, and
+    nothing is completed."""
+    data = data_of(PART + 1000, seed=42)
+    upstream = make_sink.server.endpoint_url
+    tampered: list[int] = []
+
+    async def flip_a_byte(seen: Seen) -> web.StreamResponse | None:
+        if seen.operation != "UploadPart" or tampered:
+            return None
+        tampered.append(seen.part or 0)
+        async with aiohttp.ClientSession(auto_decompress=False) as client:
+            query = "&".join(f"{k}={v}" for k, v in seen.query.items())
+            bucket = make_sink.server.bucket
+            headers = {k: v for k, v in seen.headers.items() if k not in _HOP_BY_HOP}
+            body = await fetch_body_of(seen, data)
+            altered = bytes([body[0] ^ 1]) + body[1:]
+            async with client.put(
+                f"{upstream}/{bucket}/{seen.key}?{query}",
+                headers=headers,
+                data=altered,
+                skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type", "Accept"),
+            ) as resp:
+                return web.Response(status=resp.status, headers=_forwardable(resp), body=await resp.read())
+
+    async with s3_proxy_for(make_sink, flip_a_byte) as (proxy, s3):
+        upload = await open_for(s3, data, label=True)
+        with pytest.raises(StorageError) as caught:
+            await send(upload, data)
+        assert caught.value.code == "storage_checksum_mismatch"
+        assert await everything_under(s3) == ([], [])
+    assert len(tampered) == 1
+    assert proxy.ops("CompleteMultipartUpload") == []
+
+
+async def fetch_body_of(seen: Seen, data: bytes) -> bytes:
+    """The body of part ``seen`` of an upload of ``data`` (the proxy keeps only its digest)."""
+    number = seen.part or 1
+    body = data[(number - 1) * PART : number * PART]
+    assert sha(body) == seen.sha256
+    return body
 
 
 async def test_an_unlabelled_upload_is_staged_then_copied_with_its_label(make_sink: SinkFactory) -> None:

@@ -42,6 +42,7 @@ from worker.sinks.s3_parts import MAX_PARTS, MAX_SINGLE_COPY_BYTES, copy_ranges,
 from worker.sinks.s3_settings import S3Settings
 
 if TYPE_CHECKING:
+    from botocore.config import _S3Dict as S3ConfigDict
     from types_aiobotocore_s3.client import S3Client
     from types_aiobotocore_s3.type_defs import CompletedPartTypeDef
 
@@ -61,6 +62,11 @@ READ_TIMEOUT_S = 60.0
 PROBE_RETRY_S = 60.0
 
 
+def s3_options(settings: S3Settings) -> S3ConfigDict:
+    """The client configuration's ``s3`` section."""
+    return {"addressing_style": "path" if settings.path_style else "auto"}
+
+
 def client_config(settings: S3Settings) -> AioConfig:
     """The one client's configuration (see the module docstring of ``worker.sinks.s3_sink``)."""
     return AioConfig(
@@ -69,7 +75,7 @@ def client_config(settings: S3Settings) -> AioConfig:
         connect_timeout=CONNECT_TIMEOUT_S,
         read_timeout=READ_TIMEOUT_S,
         max_pool_connections=settings.max_connections,
-        s3={"addressing_style": "path" if settings.path_style else "auto"},
+        s3=s3_options(settings),
         # We send SHA256 checksums ourselves where wanted; botocore's default (CRC32 on every
         # upload) would send a second checksum header that some stores refuse.
         request_checksum_calculation="when_required",

@@ -61,12 +61,14 @@ from dataclasses import dataclass
 
 import aiobotocore.session
 import structlog
+from botocore.config import Config
 
 from worker.errors import ConfigError, StorageError, StorageRejected, WorkerError
 from worker.models import Receipt
 from worker.sinks.base import OpenedSink
-from worker.sinks.s3_bucket import Bucket, client_config
+from worker.sinks.s3_bucket import Bucket, client_config, s3_options
 from worker.sinks.s3_settings import S3Settings
+from worker.sinks.s3_signing import BEFORE_SIGN_EVENT, unsigned_payload_when_checksummed
 from worker.sinks.s3_upload import S3Upload, identical
 
 log = structlog.get_logger("worker.sinks.s3")
@@ -123,6 +125,10 @@ class S3Sink:
         except ValueError as exc:  # a malformed endpoint URL, an unknown region format
             await stack.aclose()
             raise ConfigError(f"cannot create the S3 client: {exc}") from exc
+        unsigned = client.meta.config.merge(
+            Config(s3={**s3_options(settings), "payload_signing_enabled": False})
+        )
+        client.meta.events.register(BEFORE_SIGN_EVENT, unsigned_payload_when_checksummed(unsigned))
         return cls(Bucket(client, settings), settings, exit_stack=stack, wall_clock=wall_clock)
 
     def object_key(self, key: str) -> str:

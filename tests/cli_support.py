@@ -8,11 +8,12 @@ import contextlib
 import hashlib
 import json
 import os
+import subprocess
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from worker.simulator.app import Simulator
 
@@ -50,9 +51,11 @@ def cli_environment(tmp_path: Path, sim: Simulator) -> dict[str, str]:
     return env
 
 
-# Every CLI process a test started; the ones still running when it ends are killed
-# (``kill_leftover_processes``), so a test that fails half-way leaves no worker behind.
+# Every CLI process a test started; the ones still running when it ends are killed and reaped
+# (``kill_leftover_processes``), so a test that fails half-way leaves no worker behind, and no
+# process object is collected unreaped (a ResourceWarning, an error here, in some later test).
 STARTED: list[asyncio.subprocess.Process] = []
+STARTED_BLOCKING: list[subprocess.Popen[bytes]] = []
 
 
 async def start(env: Mapping[str, str], *args: str, stdin: bool = False) -> asyncio.subprocess.Process:
@@ -70,14 +73,39 @@ async def start(env: Mapping[str, str], *args: str, stdin: bool = False) -> asyn
     return proc
 
 
+def popen(env: Mapping[str, str], log: IO[bytes], *args: str) -> subprocess.Popen[bytes]:
+    """The CLI as a blocking ``Popen``, its output to ``log``: for tests that must hold the event
+    loop (and with it the simulator) while the worker runs. A file, not a pipe: a pipe nobody reads
+    while the loop is held could fill and block the worker."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "worker.cli", *args],
+        env=dict(env),
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=log,
+    )
+    STARTED_BLOCKING.append(proc)
+    return proc
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """Kill ``proc`` if it still runs, and reap it."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+    proc.wait()
+
+
 async def kill_leftover_processes() -> None:
-    """Kill and reap every process ``start`` made that is still running."""
+    """Kill and reap every process ``start`` or ``popen`` made that is still running."""
     while STARTED:
         proc = STARTED.pop()
         if proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
             await proc.wait()
+    while STARTED_BLOCKING:
+        await asyncio.to_thread(stop, STARTED_BLOCKING.pop())
 
 
 async def cli(

@@ -253,7 +253,10 @@ async def test_cancel_stops_the_worker_that_holds_the_job(
 ) -> None:
     """The API runs in one worker, the transfer in another sharing the store: the holder's next
     lease renewal fails, it cancels the transfer and removes the temp file."""
-    sim.add_cloudlayer_job(id="remote", pending_s=0, size=4 * 1024 * 1024 * 1024)
+    sim.add_cloudlayer_job(id="remote", pending_s=0, size=64 * 1024 * 1024)
+    # Half the file, then nothing for longer than the test: the transfer is under way when the
+    # cancel comes, however fast the machine.
+    sim.add_fault(route="files", kind="stall_body", delay_s=120.0, count=1)
     holder_settings = make_settings(worker_id="holder", lease_s=1.5)
     async with (
         serving(make_settings(worker_id="api")) as served,
@@ -282,7 +285,10 @@ async def test_cancel_in_the_process_holding_the_job_stops_it_at_once(
 ) -> None:
     """Served by the worker running the transfer, a cancel needs no lease renewal to take effect:
     with a lease far longer than the test, the transfer still stops."""
-    sim.add_cloudlayer_job(id="local", pending_s=0, size=4 * 1024 * 1024 * 1024)
+    sim.add_cloudlayer_job(id="local", pending_s=0, size=64 * 1024 * 1024)
+    # Half the file, then nothing for longer than the test: the transfer is under way when the
+    # cancel comes, however fast the machine.
+    sim.add_fault(route="files", kind="stall_body", delay_s=120.0, count=1)
     settings = make_settings(lease_s=600.0)
     async with serving(settings) as served, api_client(served.url) as api:
         running = asyncio.create_task(served.worker.runner.run(stop=served.stop))

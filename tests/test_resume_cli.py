@@ -11,9 +11,8 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import subprocess
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pytest
 
@@ -21,12 +20,14 @@ from tests.cli_support import (
     cli,
     cli_environment,
     files_under,
+    popen,
     sha256_of,
     start,
     status_json,
+    stop,
     wait_for_part_file,
 )
-from tests.http_support import logged_events, worker_command
+from tests.http_support import logged_events
 from worker.simulator.app import Simulator
 from worker.simulator.cloudlayer_jobs import SimJob
 from worker.simulator.content import content_sha256
@@ -38,12 +39,6 @@ MIB = 1 << 20
 @pytest.fixture
 def env(tmp_path: Path, sim: Simulator) -> dict[str, str]:
     return cli_environment(tmp_path, sim)
-
-
-def popen(env: dict[str, str], log: IO[bytes], *args: str) -> subprocess.Popen[bytes]:
-    # Output to a file, not a pipe: a pipe nobody reads while the loop is held could fill and
-    # block the worker.
-    return subprocess.Popen(worker_command(*args), env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
 
 
 def events_of(out: str) -> list[dict[str, Any]]:
@@ -104,8 +99,7 @@ async def test_a_drained_worker_is_resumed_from_its_bytes_on_disk(
         first.send_signal(signal.SIGTERM)
         code = first.wait(30)
     finally:
-        if first.poll() is None:
-            first.kill()
+        stop(first)
     assert code == 0
     events = {e["event"] for e in logged_events(log_path)}
     assert {"runner_grace_expired", "resume_part_kept", "job_released"} <= events

@@ -1,4 +1,5 @@
-"""The queries the claim loop runs on every pass stay on their indexes, however long the queue.
+"""The queries the claim loop runs on every pass stay on their indexes, however long the queue;
+so does a page of the job listing after its cursor.
 
 A claim, and the runner's "is anything left, and when is the next one due?", must read a few rows
 in queue order and stop: a sort of every due row, or a scan of the table, would make a worker with
@@ -51,6 +52,15 @@ async def test_sqlite_claims_and_the_next_due_moment_read_an_index_in_queue_orde
             plan = " | ".join(row[3] for row in db.execute(f"EXPLAIN QUERY PLAN {sql}", params))
             assert "TEMP B-TREE" not in plan, plan  # no sort
             assert "USING INDEX jobs_" in plan or "USING COVERING INDEX jobs_" in plan, plan
+        # A page of the job listing after a cursor (status --json, GET /v1/jobs, verify) starts
+        # at the cursor in the index: 1,000 pages must not read 1,000 times more than one.
+        for states in (None, '["done"]'):
+            params = (states, states, 12_345.0, "cloudlayer:j12345", 100)
+            plan = " | ".join(
+                row[3] for row in db.execute(f"EXPLAIN QUERY PLAN {lite._LIST_JOBS_AFTER}", params)
+            )
+            assert "TEMP B-TREE" not in plan, plan
+            assert "SEARCH jobs USING INDEX jobs_submitted ((submitted_at,key)>(?,?))" in plan, plan
 
 
 @pytest.fixture
@@ -99,6 +109,30 @@ async def test_postgres_a_bulk_submit_leaves_statistics_that_keep_claims_on_thei
         )
         assert QUEUED / 2 <= estimate <= QUEUED
         await _assert_claims_walk_their_index(conn)
+    finally:
+        await conn.close()
+
+
+async def test_postgres_a_page_after_a_cursor_starts_at_the_cursor_in_the_index(big_queue: str) -> None:
+    """A page of the job listing after a cursor (status --json, GET /v1/jobs, verify) is an index
+    range from the cursor, in the generic plan PostgreSQL switches a prepared statement to (asyncpg
+    prepares every statement) as well as in a custom one."""
+    conn = await asyncpg.connect(big_queue)
+    try:
+        await conn.execute(f"PREPARE page(text[], bigint, float8, text) AS {pg._LIST_JOBS_AFTER}")
+        for mode in ("force_custom_plan", "force_generic_plan"):
+            await conn.execute(f"SET plan_cache_mode = {mode}")
+            for states in ("NULL", "ARRAY['done']"):
+                (document,) = json.loads(
+                    await conn.fetchval(
+                        f"EXPLAIN (FORMAT JSON) EXECUTE page({states}, 100, 12345, 'cloudlayer:j12345')"
+                    )
+                )
+                nodes = _nodes(document["Plan"])
+                kinds = [node["Node Type"] for node in nodes]
+                assert "Sort" not in kinds and "Seq Scan" not in kinds, (mode, kinds)
+                (scan,) = [node for node in nodes if node.get("Index Name") == "jobs_submitted"]
+                assert "ROW(submitted_at, key) > ROW(" in scan.get("Index Cond", ""), (mode, scan)
     finally:
         await conn.close()
 

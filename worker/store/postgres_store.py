@@ -147,6 +147,16 @@ _CLAIM = {
         RETURNING j.key""",
     ),
 }
+# A page of jobs in submission order; the second from a cursor, which bounds the index range.
+_LIST_JOBS = """
+    SELECT key FROM asset_worker.jobs
+    WHERE ($1::text[] IS NULL OR state = ANY($1::text[]))
+    ORDER BY submitted_at, key LIMIT $2"""
+_LIST_JOBS_AFTER = """
+    SELECT key FROM asset_worker.jobs
+    WHERE ($1::text[] IS NULL OR state = ANY($1::text[]))
+      AND (submitted_at, key) > ($3::float8, $4::text)
+    ORDER BY submitted_at, key LIMIT $2"""
 _INSERT_MANY = """
     INSERT INTO asset_worker.jobs (key, provider, upstream_id, state, submitted_at, updated_at, due_at, dest)
     SELECT key, provider, upstream_id, 'queued', $4, $4, $4, $5
@@ -620,19 +630,16 @@ class PostgresStore:
         after: Cursor | None = None,
     ) -> list[Job]:
         wanted = None if states is None else [s.value for s in states]
-        after_at, after_key = (None, None) if after is None else (after.submitted_at, after.key)
+        # Two statements, not one with "$2 IS NULL OR": behind an OR the cursor cannot bound the
+        # index range (in a generic plan), and every page would read the index from the first job.
+        sql, args = (
+            (_LIST_JOBS, [wanted, limit])
+            if after is None
+            else (_LIST_JOBS_AFTER, [wanted, limit, after.submitted_at, after.key])
+        )
 
         async def body(conn: Conn) -> list[Job]:
-            rows = await conn.fetch(
-                """SELECT key FROM asset_worker.jobs
-                   WHERE ($1::text[] IS NULL OR state = ANY($1::text[]))
-                     AND ($2::float8 IS NULL OR (submitted_at, key) > ($2::float8, $3::text))
-                   ORDER BY submitted_at, key LIMIT $4""",
-                wanted,
-                after_at,
-                after_key,
-                limit,
-            )
+            rows = await conn.fetch(sql, *args)
             return await _load(conn, [str(row["key"]) for row in rows])
 
         return await self._transaction(body, read_only=True)

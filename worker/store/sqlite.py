@@ -107,6 +107,16 @@ _CLAIM = {
             attempts = attempts + 1, progress = NULL
         WHERE key IN (SELECT value FROM json_each(?))""",
 }
+# A page of jobs in submission order; the second from a cursor, which bounds the index range.
+_LIST_JOBS = """
+    SELECT key FROM jobs
+    WHERE (? IS NULL OR state IN (SELECT value FROM json_each(?)))
+    ORDER BY submitted_at, key LIMIT ?"""
+_LIST_JOBS_AFTER = """
+    SELECT key FROM jobs
+    WHERE (? IS NULL OR state IN (SELECT value FROM json_each(?)))
+      AND (submitted_at, key) > (?, ?)
+    ORDER BY submitted_at, key LIMIT ?"""
 # ON CONFLICT DO NOTHING makes concurrent submits of one key race safely: one insert wins.
 _INSERT = """
     INSERT INTO jobs (key, provider, upstream_id, state, submitted_at, updated_at, due_at, dest)
@@ -506,16 +516,16 @@ class SqliteStore:
         after: Cursor | None = None,
     ) -> list[Job]:
         wanted = None if states is None else json.dumps([s.value for s in states])
-        after_at, after_key = (None, None) if after is None else (after.submitted_at, after.key)
+        # Two statements, not one with "? IS NULL OR": behind an OR the cursor cannot bound the
+        # index range, and every page would read the index from the first job to the cursor.
+        sql, args = (
+            (_LIST_JOBS, [wanted, wanted])
+            if after is None
+            else (_LIST_JOBS_AFTER, [wanted, wanted, after.submitted_at, after.key])
+        )
 
         def body(db: Conn) -> list[Job]:
-            rows = db.execute(
-                """SELECT key FROM jobs
-                   WHERE (? IS NULL OR state IN (SELECT value FROM json_each(?)))
-                     AND (? IS NULL OR (submitted_at, key) > (?, ?))
-                   ORDER BY submitted_at, key LIMIT ?""",
-                (wanted, wanted, after_at, after_at, after_key, -1 if limit is None else limit),
-            )
+            rows = db.execute(sql, (*args, -1 if limit is None else limit))
             return _load(db, [str(row["key"]) for row in rows])
 
         return await self._db.transaction(body, write=False)

@@ -630,8 +630,8 @@ class PostgresStore:
         after: Cursor | None = None,
     ) -> list[Job]:
         wanted = None if states is None else [s.value for s in states]
-        # Two statements, not one with "$2 IS NULL OR": behind an OR the cursor cannot bound the
-        # index range (in a generic plan), and every page would read the index from the first job.
+        # Two statements, not one whose cursor may be NULL ("$3 IS NULL OR ..."): behind an OR the cursor
+        # cannot bound the index range (in a generic plan), and every page would read from the first job.
         sql, args = (
             (_LIST_JOBS, [wanted, limit])
             if after is None

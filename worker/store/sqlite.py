@@ -516,8 +516,8 @@ class SqliteStore:
         after: Cursor | None = None,
     ) -> list[Job]:
         wanted = None if states is None else json.dumps([s.value for s in states])
-        # Two statements, not one with "? IS NULL OR": behind an OR the cursor cannot bound the
-        # index range, and every page would read the index from the first job to the cursor.
+        # Two statements, not one whose cursor may be NULL ("? IS NULL OR ..."): behind an OR the cursor
+        # cannot bound the index range, and every page would read the index from the first job.
         sql, args = (
             (_LIST_JOBS, [wanted, wanted])
             if after is None

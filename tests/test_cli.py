@@ -137,7 +137,10 @@ async def test_killed_worker_is_recovered_by_the_next(
 ) -> None:
     """SIGKILL mid-download: the next worker waits out the lease, removes the orphaned temp file and
     stores a verified copy."""
-    job = sim.add_cloudlayer_job(id="killed", pending_s=0, size=1024 * 1024 * 1024)
+    job = sim.add_cloudlayer_job(id="killed", pending_s=0, size=64 * 1024 * 1024)
+    # Half the file, then nothing for longer than the test: the worker is killed mid-download
+    # however fast the machine; the next one gets the whole file.
+    sim.add_fault(route="files", kind="stall_body", delay_s=120.0, count=1)
     env = {**cli_env, "ASSET_WORKER_LEASE_S": "1"}
     await cli(env, "submit", "cloudlayer:killed")
     proc = await start(env, "run")

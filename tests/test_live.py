@@ -12,8 +12,12 @@ from pathlib import Path
 
 from tests.cli_support import cli, cli_environment, start
 from worker.simulator.app import Simulator
+from worker.statusview import human_bytes
 
-BIG = 1 << 30
+BIG = 64 << 20
+# The file host sends half of it, then nothing for this long, then the rest: long enough for the
+# display to draw the download under way, however fast the machine.
+STALL_S = 3.0
 # rich's cursor movements and colours, so the text can be searched.
 _ESCAPES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
@@ -61,11 +65,13 @@ async def on_terminal(env: Mapping[str, str], *args: str, timeout_s: float = 60)
 
 async def test_run_on_a_terminal_draws_each_download_under_the_log(sim: Simulator, tmp_path: Path) -> None:
     sim.add_cloudlayer_job(id="big", pending_s=0, size=BIG)
+    sim.add_fault(route="files", kind="stall_body", delay_s=STALL_S, count=1)
     env = cli_environment(tmp_path, sim)
     assert (await cli(env, "submit", "cloudlayer:big")).code == 0
     code, drawn = await on_terminal(env, "run", "--until-idle", "--no-http")
     assert code == 0, drawn
-    bars = [line for line in drawn.splitlines() if line.startswith("cloudlayer:big") and "/1 GiB" in line]
+    whole = f"/{human_bytes(BIG)}"
+    bars = [line for line in drawn.splitlines() if line.startswith("cloudlayer:big") and whole in line]
     assert bars, drawn  # a row with the bytes so far of the whole size
     assert any(re.search(r"\d+% +[\d.]+ [kMG]?B/s", line) for line in bars), bars
     assert "job_finished" in drawn  # the log scrolled above the display
@@ -76,6 +82,7 @@ async def test_submit_wait_on_a_terminal_draws_a_download_another_process_does(
     sim: Simulator, tmp_path: Path
 ) -> None:
     sim.add_cloudlayer_job(id="big", pending_s=0, size=BIG)
+    sim.add_fault(route="files", kind="stall_body", delay_s=STALL_S, count=1)
     env = cli_environment(tmp_path, sim)
     env["ASSET_WORKER_PROGRESS_INTERVAL_S"] = "0.1"
     worker = await start(env, "run", "--until-idle", "--no-http")
@@ -84,5 +91,6 @@ async def test_submit_wait_on_a_terminal_draws_a_download_another_process_does(
     finally:
         await worker.communicate()
     assert code == 0, drawn
-    assert any(line.startswith("cloudlayer:big") and "/1 GiB" in line for line in drawn.splitlines()), drawn
+    whole = f"/{human_bytes(BIG)}"
+    assert any(line.startswith("cloudlayer:big") and whole in line for line in drawn.splitlines()), drawn
     assert drawn.rstrip().endswith("asset-worker: 1 job: 1 done"), drawn[-500:]

@@ -58,12 +58,14 @@ STARTED: list[asyncio.subprocess.Process] = []
 STARTED_BLOCKING: list[subprocess.Popen[bytes]] = []
 
 
+def worker_command(*args: str) -> list[str]:
+    """The command line of ``asset-worker ARGS``, run by this interpreter."""
+    return [sys.executable, "-m", "worker.cli", *args]
+
+
 async def start(env: Mapping[str, str], *args: str, stdin: bool = False) -> asyncio.subprocess.Process:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "worker.cli",
-        *args,
+        *worker_command(*args),
         env=dict(env),
         stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
@@ -78,7 +80,7 @@ def popen(env: Mapping[str, str], log: IO[bytes], *args: str) -> subprocess.Pope
     loop (and with it the simulator) while the worker runs. A file, not a pipe: a pipe nobody reads
     while the loop is held could fill and block the worker."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "worker.cli", *args],
+        worker_command(*args),
         env=dict(env),
         stdin=subprocess.DEVNULL,
         stdout=log,

@@ -8,7 +8,6 @@ import asyncio
 import io
 import json
 import socket
-import sys
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -216,7 +215,3 @@ def probe(url: str, timeout_s: float = 5) -> tuple[int, Any]:
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())
-
-
-def worker_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "worker.cli", *args]

@@ -13,8 +13,8 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-from tests.cli_support import cli, start
-from tests.http_support import listening_port, worker_command
+from tests.cli_support import cli, start, worker_command
+from tests.http_support import listening_port
 from tests.security.hostile import API_KEY, Hostile, hostile_environment
 
 API_TOKEN = "api-token-for-the-secrets-test-0123"

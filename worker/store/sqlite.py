@@ -518,14 +518,15 @@ class SqliteStore:
         wanted = None if states is None else json.dumps([s.value for s in states])
         # Two statements, not one whose cursor may be NULL ("? IS NULL OR ..."): behind an OR the cursor
         # cannot bound the index range, and every page would read the index from the first job.
+        rows_at_most = -1 if limit is None else limit
         sql, args = (
-            (_LIST_JOBS, [wanted, wanted])
+            (_LIST_JOBS, [wanted, wanted, rows_at_most])
             if after is None
-            else (_LIST_JOBS_AFTER, [wanted, wanted, after.submitted_at, after.key])
+            else (_LIST_JOBS_AFTER, [wanted, wanted, after.submitted_at, after.key, rows_at_most])
         )
 
         def body(db: Conn) -> list[Job]:
-            rows = db.execute(sql, (*args, -1 if limit is None else limit))
+            rows = db.execute(sql, args)
             return _load(db, [str(row["key"]) for row in rows])
 
         return await self._db.transaction(body, write=False)
